@@ -1,0 +1,1 @@
+//! Shared helpers for zt's kernel, lab and API-server tests.

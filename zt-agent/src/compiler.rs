@@ -1,0 +1,1 @@
+//! Pure compiler: cluster state ─▶ desired datapath state.

@@ -1,0 +1,88 @@
+//! The desired (or applied) contents of the datapath maps, as plain ordered collections.
+//!
+//! The compiler produces a [`DatapathState`]; the runtime keeps the one it applied, diffs, and
+//! writes only the difference. `BTreeMap`s keep every iteration deterministic.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use ipnet::IpNet;
+use zt_common::{
+    endpoint::EndpointValue,
+    policy::{PolicyKey, PolicyValue},
+};
+
+/// Everything the agent owns in the kernel maps (conntrack and counters belong to the kernel).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DatapathState {
+    /// Local endpoints by address. `ifindex` is 0 as compiled; the runtime fills it in from the
+    /// interfaces it attached to.
+    pub endpoints: BTreeMap<IpAddr, EndpointValue>,
+    /// Identity tries, IPv4 and IPv6 together (a /32 or /128 for a pod address).
+    pub identities: BTreeMap<IpNet, u32>,
+    /// Policy entries.
+    pub policy: BTreeMap<PolicyKey, PolicyValue>,
+}
+
+/// A change to a [`DatapathState`]: `Some` upserts, `None` deletes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateDelta {
+    pub endpoints: BTreeMap<IpAddr, Option<EndpointValue>>,
+    pub identities: BTreeMap<IpNet, Option<u32>>,
+    pub policy: BTreeMap<PolicyKey, Option<PolicyValue>>,
+}
+
+impl StateDelta {
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty() && self.identities.is_empty() && self.policy.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.endpoints.len() + self.identities.len() + self.policy.len()
+    }
+}
+
+impl DatapathState {
+    /// The delta that turns `self` into `desired`; empty when they are equal.
+    pub fn diff(&self, desired: &DatapathState) -> StateDelta {
+        StateDelta {
+            endpoints: diff_maps(&self.endpoints, &desired.endpoints),
+            identities: diff_maps(&self.identities, &desired.identities),
+            policy: diff_maps(&self.policy, &desired.policy),
+        }
+    }
+
+    /// Applies a delta in place.
+    pub fn apply(&mut self, delta: &StateDelta) {
+        apply_map(&mut self.endpoints, &delta.endpoints);
+        apply_map(&mut self.identities, &delta.identities);
+        apply_map(&mut self.policy, &delta.policy);
+    }
+}
+
+fn diff_maps<K: Ord + Clone, V: PartialEq + Clone>(
+    applied: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> BTreeMap<K, Option<V>> {
+    let upserts = desired
+        .iter()
+        .filter(|(k, v)| applied.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), Some(v.clone())));
+    let deletes = applied
+        .keys()
+        .filter(|k| !desired.contains_key(*k))
+        .map(|k| (k.clone(), None));
+    upserts.chain(deletes).collect()
+}
+
+fn apply_map<K: Ord + Clone, V: Clone>(map: &mut BTreeMap<K, V>, delta: &BTreeMap<K, Option<V>>) {
+    for (k, v) in delta {
+        match v {
+            Some(v) => {
+                map.insert(k.clone(), v.clone());
+            }
+            None => {
+                map.remove(k);
+            }
+        }
+    }
+}
