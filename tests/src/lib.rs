@@ -1,1 +1,3 @@
-//! Shared helpers for zt's kernel, lab and API-server tests.
+//! Shared helpers for zt's kernel, lab and API-server tests, and the benchmarks.
+
+pub mod bench;
