@@ -16,6 +16,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("etcd-server", "etcd"),
     ("xz-utils", "xz"),
+    ("kubernetes-client", "kubectl"),
 ];
 
 pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
