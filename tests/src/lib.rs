@@ -1,3 +1,4 @@
 //! Shared helpers for zt's kernel, lab and API-server tests, and the benchmarks.
 
+pub mod apiserver;
 pub mod bench;
