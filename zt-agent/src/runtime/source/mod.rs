@@ -1,0 +1,3 @@
+//! Where the agent learns about Namespaces, Pods and NetworkPolicies.
+
+pub mod kube;
