@@ -98,8 +98,8 @@ fn label(kind: Kind) -> KindLabel {
     }
 }
 
-/// Watches the three kinds until `events` is closed (the receiver dropped); list and watch
-/// failures are retried with kube-rs's default backoff and never end it.
+/// Watches the three kinds until `events` is closed (the receiver dropped) or the future is
+/// dropped; list and watch failures are retried with kube-rs's default backoff and never end it.
 pub async fn run(
     client: Client,
     events: mpsc::Sender<SourceEvent>,
@@ -120,10 +120,12 @@ pub async fn run(
             }
         }
     };
-    // The watchers end only when their sender fails, that is when `forward` has stopped.
+    // The watchers end only when their sender fails, that is when `forward` has stopped; a closed
+    // `events` ends everything even while the cluster is quiet.
     tokio::select! {
         _ = watchers => {}
         () = forward => {}
+        () = events.closed() => {}
     }
     Ok(())
 }
