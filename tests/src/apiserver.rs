@@ -22,6 +22,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+mod proxy;
+pub use proxy::Proxy;
+
 /// The server version the tests are written for (no `endPort`, no automatic
 /// `kubernetes.io/metadata.name` namespace label).
 pub const KUBE_VERSION: &str = "v1.20.2";
@@ -86,7 +89,10 @@ impl ApiServer {
             port: free_port()?,
         };
         for user in [User::Admin, User::Agent] {
-            fs::write(server.kubeconfig(user), server.kubeconfig_yaml(user))?;
+            fs::write(
+                server.kubeconfig(user),
+                server.kubeconfig_yaml(user, &server.url()),
+            )?;
         }
         server.start_apiserver()?;
         Ok(server)
@@ -95,6 +101,25 @@ impl ApiServer {
     /// `https://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's address on the machine's loopback.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// Writes a kubeconfig for `user` that reaches the server through `127.0.0.1:port` (a
+    /// [`Proxy`] in another network namespace; the serving certificate is valid for any port).
+    pub fn kubeconfig_via(&self, user: User, port: u16) -> anyhow::Result<PathBuf> {
+        let path = self
+            .dir
+            .path()
+            .join(format!("{user:?}-via-{port}.kubeconfig").to_lowercase());
+        fs::write(
+            &path,
+            self.kubeconfig_yaml(user, &format!("https://127.0.0.1:{port}")),
+        )?;
+        Ok(path)
     }
 
     /// A kubeconfig file for `user` (what `KUBECONFIG` points the agent at).
@@ -232,7 +257,7 @@ impl ApiServer {
         }
     }
 
-    fn kubeconfig_yaml(&self, user: User) -> String {
+    fn kubeconfig_yaml(&self, user: User, url: &str) -> String {
         let token = match user {
             User::Admin => ADMIN_TOKEN,
             User::Agent => AGENT_TOKEN,
@@ -241,7 +266,6 @@ impl ApiServer {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: ztkube\n  cluster:\n    server: {url}\n    \
              certificate-authority: {ca}\nusers:\n- name: ztkube\n  user:\n    token: {token}\ncontexts:\n\
              - name: ztkube\n  context:\n    cluster: ztkube\n    user: ztkube\ncurrent-context: ztkube\n",
-            url = self.url(),
             ca = self.dir.path().join("pki/apiserver.crt").display(),
         )
     }

@@ -1,14 +1,18 @@
 //! The API-server harness itself: a real kube-apiserver answers, survives restarts, enforces RBAC,
 //! and deploy/zt-agent.yaml is accepted by it and grants the agent exactly the reads it needs.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api,
     api::{ListParams, PostParams},
 };
-use zt_tests::apiserver::{ApiServer, KUBE_VERSION, User};
+use zt_tests::apiserver::{ApiServer, KUBE_VERSION, Proxy, User};
 
 fn manifest() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/zt-agent.yaml");
@@ -82,4 +86,113 @@ fn etcd_delete_refuses_a_missing_key() {
         .etcd_delete("/registry/pods/nowhere/nothing")
         .expect_err("nothing to delete");
     assert!(err.to_string().contains("did not delete"), "{err}");
+}
+
+/// A network namespace that exists for one test.
+struct Netns(&'static str);
+
+impl Netns {
+    fn new(name: &'static str) -> Self {
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name}");
+        let ok = Command::new("ip")
+            .args(["-n", name, "link", "set", "lo", "up"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "bring up lo in {name}");
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", self.0]).status();
+    }
+}
+
+#[test]
+fn the_proxy_reaches_the_server_from_a_namespace_and_cuts_on_demand() {
+    let server = ApiServer::start().expect("start the API server");
+    let netns = Netns::new("ztkube-proxy");
+    let proxy = Proxy::start(netns.0, server.addr()).expect("start the proxy");
+    let kubeconfig = server
+        .kubeconfig_via(User::Admin, proxy.port())
+        .expect("kubeconfig");
+    let kubectl = |args: &[&str]| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns.0,
+                "kubectl",
+                "--request-timeout=5s",
+                "--kubeconfig",
+            ])
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    };
+    // The namespace has no route to the machine: only the proxy gets through.
+    let direct = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns.0,
+            "kubectl",
+            "--request-timeout=5s",
+            "--kubeconfig",
+        ])
+        .arg(server.kubeconfig(User::Admin))
+        .args(["get", "--raw", "/readyz"])
+        .output()
+        .expect("run kubectl");
+    assert!(
+        !direct.status.success(),
+        "the server must not be reachable without the proxy"
+    );
+
+    let out = kubectl(&["get", "--raw", "/readyz"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A watch through the proxy ends when the proxy cuts it.
+    let mut watch = Command::new("ip")
+        .args(["netns", "exec", netns.0, "kubectl", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["get", "namespaces", "--watch", "--output=name"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a watch");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(watch.try_wait().unwrap().is_none(), "the watch runs");
+    proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watch.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = watch.kill();
+            panic!("the watch outlived the cut");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    proxy.refuse(true);
+    assert!(
+        !kubectl(&["get", "--raw", "/readyz"]).status.success(),
+        "refused while partitioned"
+    );
+    proxy.refuse(false);
+    assert!(
+        kubectl(&["get", "--raw", "/readyz"]).status.success(),
+        "back after the partition"
+    );
 }
