@@ -34,15 +34,26 @@ pub fn kube() -> anyhow::Result<()> {
     ebpf::build()?;
 
     let root = cmd::workspace_root();
+    // `kube_NAME.rs`, or `kube_NAME/main.rs` for a test with modules of its own.
     let mut tests: Vec<String> = std::fs::read_dir(root.join("tests/tests"))?
-        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter_map(|name| Some(name.strip_suffix(".rs")?.to_owned()))
-        .filter(|name| name.starts_with("kube_"))
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let name = entry.file_name().into_string().ok()?;
+            let name = match name.strip_suffix(".rs") {
+                Some(stem) => stem.to_owned(),
+                None if entry.path().join("main.rs").exists() => name,
+                None => return None,
+            };
+            name.starts_with("kube_").then_some(name)
+        })
         .collect();
     tests.sort();
     if tests.is_empty() {
         bail!("no tests/tests/kube_*.rs");
     }
+    // The packet tests run the agent binary itself, in the lab's node namespace.
+    cmd::run(Command::new("cargo").args(["build", "--package", "zt-agent", "--bin", "zt-agent"]))?;
+    let agent = root.join("target/debug/zt-agent");
     let mut cargo = Command::new("cargo");
     cargo.args(["test", "--package", "zt-tests"]);
     for test in &tests {
@@ -51,7 +62,8 @@ pub fn kube() -> anyhow::Result<()> {
     // Kernel state and loopback ports are shared: one test at a time.
     cargo
         .args(["--", "--test-threads=1"])
-        .env("KUBE_APISERVER", &apiserver);
+        .env("KUBE_APISERVER", &apiserver)
+        .env("ZT_AGENT_BIN", agent);
     let (passed, failed, ok) = run_counting(&mut cargo)?;
     println!("{passed} passed, {failed} failed");
     if !ok || failed > 0 || passed == 0 {
