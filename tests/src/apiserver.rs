@@ -132,10 +132,12 @@ impl ApiServer {
 
     /// A client speaking as `user`, configured from its kubeconfig file.
     pub async fn client(&self, user: User) -> anyhow::Result<kube::Client> {
-        let kubeconfig = Kubeconfig::read_from(self.kubeconfig(user))?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        Ok(kube::Client::try_from(config)?)
+        client_from(&self.kubeconfig(user)).await
+    }
+
+    /// A client speaking as `user` through `127.0.0.1:port` (a [`Proxy`] in this namespace).
+    pub async fn client_via(&self, user: User, port: u16) -> anyhow::Result<kube::Client> {
+        client_from(&self.kubeconfig_via(user, port)?).await
     }
 
     /// Runs `kubectl` as the admin and returns its stdout; fails with its stderr.
@@ -278,6 +280,13 @@ impl Drop for ApiServer {
             stop(etcd);
         }
     }
+}
+
+async fn client_from(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// Where the kube-apiserver binary is, in this order: `KUBE_APISERVER`, the cache

@@ -2,7 +2,7 @@
 //! changes arrive as Apply/Delete, and after an API-server restart a re-list reports the deletes
 //! no watch could see. The source runs as the agent's service account from deploy/zt-agent.yaml.
 
-use std::{path::Path, time::Duration};
+use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod},
@@ -18,7 +18,7 @@ use zt_agent::{
     resource::{Kind, Resource, SourceEvent},
     runtime::source::kube::{self as source, Metrics},
 };
-use zt_tests::apiserver::{ApiServer, User};
+use zt_tests::apiserver::{ApiServer, Proxy, User};
 
 const NS: &str = "ztkube-src";
 const WAIT: Duration = Duration::from_secs(60);
@@ -96,7 +96,16 @@ async fn start_source(
     Metrics,
     tokio::task::JoinHandle<()>,
 ) {
-    let client = server.client(User::Agent).await.expect("agent client");
+    source_with(server.client(User::Agent).await.expect("agent client"))
+}
+
+fn source_with(
+    client: kube::Client,
+) -> (
+    mpsc::Receiver<SourceEvent>,
+    Metrics,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel(256);
     let metrics = Metrics::default();
     let task = tokio::spawn({
@@ -108,6 +117,89 @@ async fn start_source(
         }
     });
     (rx, metrics, task)
+}
+
+/// What a consumer of the events believes the cluster holds, (kind, namespace/name), and a log of
+/// the events' shapes.
+#[derive(Default)]
+struct Mirror {
+    objects: BTreeSet<(Kind, String)>,
+    log: Vec<String>,
+}
+
+impl Mirror {
+    fn apply(&mut self, event: SourceEvent) {
+        self.log.push(match &event {
+            SourceEvent::Apply(r) => format!("apply {:?} {}", r.kind(), full_name(r)),
+            SourceEvent::Delete { kind, name, .. } => format!("delete {kind:?} {name}"),
+            SourceEvent::Reset { kind, .. } => format!("reset {kind:?}"),
+        });
+        match event {
+            SourceEvent::Apply(resource) => {
+                self.objects.insert((resource.kind(), full_name(&resource)));
+            }
+            SourceEvent::Delete {
+                kind,
+                namespace,
+                name,
+            } => {
+                let full = namespace.map_or(name.clone(), |ns| format!("{ns}/{name}"));
+                self.objects.remove(&(kind, full));
+            }
+            SourceEvent::Reset { kind, objects } => {
+                self.objects.retain(|(k, _)| *k != kind);
+                self.objects
+                    .extend(objects.iter().map(|r| (kind, full_name(r))));
+            }
+        }
+    }
+
+    fn of(&self, kind: Kind) -> Vec<String> {
+        let ours = |n: &&String| n.starts_with(&format!("{NS}/"));
+        self.objects
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, n)| n)
+            .filter(ours)
+            .cloned()
+            .collect()
+    }
+
+    /// Applies events until `done` holds.
+    async fn until(
+        &mut self,
+        rx: &mut mpsc::Receiver<SourceEvent>,
+        what: &str,
+        done: impl Fn(&Mirror) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !done(self) {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(event)) => self.apply(event),
+                Ok(None) => panic!("the source stopped while waiting for {what}"),
+                Err(_) => panic!(
+                    "no {what} within {WAIT:?}; the mirror holds {:?}",
+                    self.objects
+                ),
+            }
+        }
+    }
+}
+
+fn full_name(resource: &Resource) -> String {
+    let meta = match resource {
+        Resource::Namespace(o) => &o.metadata,
+        Resource::Pod(o) => &o.metadata,
+        Resource::NetworkPolicy(o) => &o.metadata,
+    };
+    let name = meta.name.clone().unwrap_or_default();
+    meta.namespace
+        .as_ref()
+        .map_or(name.clone(), |ns| format!("{ns}/{name}"))
+}
+
+fn ours(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| format!("{NS}/{n}")).collect()
 }
 
 /// The next event `want` accepts, skipping others (system namespaces, status echoes).
@@ -322,14 +414,13 @@ async fn a_restart_relists_and_the_reset_reports_deletes_no_watch_saw() {
     cluster.create_pod("vanishes", "client", "10.77.0.31").await;
     cluster.create_policy("vanishes-too").await;
     let (mut rx, metrics, _task) = start_source(&cluster.server).await;
-    let pods = expect(&mut rx, "the first pod reset", reset_of(Kind::Pod)).await;
-    assert_eq!(names(&pods), ["stays", "vanishes"]);
-    expect(
-        &mut rx,
-        "the first policy reset",
-        reset_of(Kind::NetworkPolicy),
-    )
-    .await;
+    let mut mirror = Mirror::default();
+    mirror
+        .until(&mut rx, "the first lists", |m| {
+            m.of(Kind::Pod) == ours(&["stays", "vanishes"])
+                && m.of(Kind::NetworkPolicy) == ours(&["vanishes-too"])
+        })
+        .await;
 
     // While the API server is down, delete straight from etcd: no watch event can ever report it.
     cluster.server.stop_apiserver();
@@ -340,27 +431,38 @@ async fn a_restart_relists_and_the_reset_reports_deletes_no_watch_saw() {
     cluster
         .server
         .etcd_delete(&format!("/registry/networkpolicies/{NS}/vanishes-too"))
-        .expect("delete the policy");
+        .expect("delete the policy in etcd");
     cluster
         .server
         .start_apiserver()
         .expect("start the API server again");
-
-    let pods = expect(
-        &mut rx,
-        "a pod reset after the restart",
-        reset_of(Kind::Pod),
-    )
-    .await;
-    assert_eq!(names(&pods), ["stays"]);
-    let policies = expect(
-        &mut rx,
-        "a policy reset after the restart",
-        reset_of(Kind::NetworkPolicy),
-    )
-    .await;
-    assert!(names(&policies).is_empty(), "{:?}", names(&policies));
-    assert!(metrics.resets(Kind::Pod) >= 2);
+    let restarted = std::time::Instant::now();
+    mirror.log.clear();
+    mirror
+        .until(&mut rx, "the re-lists after the restart", |m| {
+            m.of(Kind::Pod) == ours(&["stays"]) && m.of(Kind::NetworkPolicy).is_empty()
+        })
+        .await;
+    eprintln!(
+        "figure: API server ready → re-lists delivered: {} ms",
+        restarted.elapsed().as_millis()
+    );
+    assert!(
+        mirror.log.iter().all(|e| !e.starts_with("delete")),
+        "only a re-list can report these: {:?}",
+        mirror.log
+    );
+    assert!(
+        mirror.log.contains(&"reset Pod".to_owned()),
+        "{:?}",
+        mirror.log
+    );
+    assert!(
+        mirror.log.contains(&"reset NetworkPolicy".to_owned()),
+        "{:?}",
+        mirror.log
+    );
+    assert!(metrics.resets(Kind::Pod) >= 2 && metrics.resets(Kind::NetworkPolicy) >= 2);
 
     // And the watches work again afterwards.
     cluster.create_pod("after", "web", "10.77.0.32").await;
@@ -370,4 +472,64 @@ async fn a_restart_relists_and_the_reset_reports_deletes_no_watch_saw() {
         applied(Kind::Pod, "after"),
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_cut_watch_resumes_and_a_partition_loses_no_change() {
+    let cluster = cluster().await;
+    cluster.create_pod("before", "web", "10.77.0.40").await;
+    let proxy = Proxy::start_here(cluster.server.addr()).expect("start the proxy");
+    let client = cluster
+        .server
+        .client_via(User::Agent, proxy.port())
+        .await
+        .expect("client via the proxy");
+    let (mut rx, _metrics, _task) = source_with(client);
+    let mut mirror = Mirror::default();
+    mirror
+        .until(&mut rx, "the first pods", |m| {
+            m.of(Kind::Pod) == ours(&["before"])
+        })
+        .await;
+
+    // Every watch breaks at once; they come back on their own.
+    proxy.cut();
+    cluster.create_pod("after-cut", "web", "10.77.0.41").await;
+    mirror
+        .until(&mut rx, "a pod created after the cut", |m| {
+            m.of(Kind::Pod) == ours(&["after-cut", "before"])
+        })
+        .await;
+
+    // A partition: nothing gets through while the cluster changes.
+    proxy.refuse(true);
+    proxy.cut();
+    cluster.create_pod("during", "web", "10.77.0.42").await;
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    cluster
+        .pods
+        .delete("before", &now)
+        .await
+        .expect("delete pod");
+    cluster.create_policy("made-while-away").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while let Ok(event) = rx.try_recv() {
+        mirror.apply(event);
+    }
+    assert_eq!(
+        mirror.of(Kind::Pod),
+        ours(&["after-cut", "before"]),
+        "nothing arrives while partitioned"
+    );
+
+    proxy.refuse(false);
+    mirror
+        .until(&mut rx, "the changes made while partitioned", |m| {
+            m.of(Kind::Pod) == ours(&["after-cut", "during"])
+                && m.of(Kind::NetworkPolicy) == ours(&["made-while-away"])
+        })
+        .await;
 }

@@ -51,6 +51,15 @@ impl Proxy {
                 .join()
                 .expect("the bind thread does not panic")
         })?;
+        Self::serve(listener, upstream)
+    }
+
+    /// Listens on 127.0.0.1 in the caller's own namespace (to cut an in-process client's watches).
+    pub fn start_here(upstream: SocketAddr) -> anyhow::Result<Self> {
+        Self::serve(TcpListener::bind("127.0.0.1:0")?, upstream)
+    }
+
+    fn serve(listener: TcpListener, upstream: SocketAddr) -> anyhow::Result<Self> {
         let port = listener.local_addr()?.port();
         listener.set_nonblocking(true)?;
         let shared = Arc::new(Shared::default());
