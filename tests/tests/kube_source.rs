@@ -29,15 +29,22 @@ struct Cluster {
     policies: Api<NetworkPolicy>,
 }
 
+fn manifest() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/zt-agent.yaml"))
+        .expect("read deploy/zt-agent.yaml")
+}
+
 async fn cluster() -> Cluster {
-    let server = ApiServer::start().expect("start the API server");
-    let manifest = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/zt-agent.yaml"),
-    )
-    .expect("read deploy/zt-agent.yaml");
-    server
-        .kubectl_stdin(&["apply", "-f", "-"], Some(&manifest))
+    let cluster = cluster_without_rbac().await;
+    cluster
+        .server
+        .kubectl_stdin(&["apply", "-f", "-"], Some(&manifest()))
         .expect("apply the agent's RBAC");
+    cluster
+}
+
+async fn cluster_without_rbac() -> Cluster {
+    let server = ApiServer::start().expect("start the API server");
     let admin = server.client(User::Admin).await.expect("admin client");
     let mut ns = Namespace::default();
     ns.metadata.name = Some(NS.into());
@@ -532,4 +539,35 @@ async fn a_cut_watch_resumes_and_a_partition_loses_no_change() {
                 && m.of(Kind::NetworkPolicy) == ours(&["made-while-away"])
         })
         .await;
+}
+
+#[tokio::test]
+async fn forbidden_lists_are_retried_until_access_is_granted() {
+    let cluster = cluster_without_rbac().await;
+    cluster.create_pod("web", "web", "10.77.0.50").await;
+    let (mut rx, metrics, _task) = start_source(&cluster.server).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while metrics.watch_errors(Kind::Pod) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed list counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing is reported before every kind is listed"
+    );
+
+    cluster
+        .server
+        .kubectl_stdin(&["apply", "-f", "-"], Some(&manifest()))
+        .expect("grant the agent's RBAC");
+    let mut mirror = Mirror::default();
+    mirror
+        .until(&mut rx, "the lists once allowed", |m| {
+            m.of(Kind::Pod) == ours(&["web"])
+        })
+        .await;
+    assert_eq!(metrics.resets(Kind::Pod), 1);
 }

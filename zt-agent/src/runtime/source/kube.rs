@@ -86,6 +86,11 @@ impl Metrics {
         self.invalid_objects.get_or_create(&label(kind)).get()
     }
 
+    /// How many lists or watches of `kind` failed so far.
+    pub fn watch_errors(&self, kind: Kind) -> u64 {
+        self.watch_errors.get_or_create(&label(kind)).get()
+    }
+
     /// How many (re)lists of `kind` completed so far.
     pub fn resets(&self, kind: Kind) -> u64 {
         self.resets.get_or_create(&label(kind)).get()
