@@ -2,3 +2,5 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod kernel;
+pub mod packet;

@@ -1,22 +1,67 @@
-//! zt's kernel programs. Placeholder entry points until the datapath lands.
+//! zt's kernel programs: a TC classifier pair for the host side of each pod's interface, and a
+//! parse-only baseline for benchmarks.
+//!
+//! One concern per module, composed by `decide` in the order of the decision procedure written
+//! in `zt_common::policy`: `parse` (headers) → `frag` → endpoint → `conntrack` → `policy`
+//! (`identity` inside) → `verdict` (the single exit: counter, event, TC action).
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod decide;
+mod frag;
+mod identity;
+mod keys;
+mod maps;
+mod packet;
+mod parse;
+mod policy;
+mod verdict;
+
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use zt_common::{config::Config, direction};
 
+use crate::{maps::CONFIG, packet::Packet};
+
+/// Attached at TC *ingress* of the pod's host-side interface: sees what the pod sends, so it
+/// enforces the pod's egress.
 #[classifier]
-pub fn zt_from_pod(_ctx: TcContext) -> i32 {
+pub fn zt_from_pod(ctx: TcContext) -> i32 {
+    try_classify(&ctx, direction::EGRESS)
+}
+
+/// Attached at TC *egress* of the pod's host-side interface: sees what the pod receives, so it
+/// enforces the pod's ingress.
+#[classifier]
+pub fn zt_to_pod(ctx: TcContext) -> i32 {
+    try_classify(&ctx, direction::INGRESS)
+}
+
+/// Parses like the real programs and passes everything: the floor of `cargo xtask bench
+/// datapath`. Never attached by the agent.
+#[classifier]
+pub fn zt_baseline(ctx: TcContext) -> i32 {
+    let mut pkt = MaybeUninit::<Packet>::uninit();
+    let pkt = keys::zero(&mut pkt);
+    let _ = parse::parse(&ctx, pkt);
+    // Keep the parse result observable so the compiler cannot drop the parsing.
+    // SAFETY: a volatile read of a local.
+    let _ = unsafe { core::ptr::read_volatile(pkt) };
     TC_ACT_OK
 }
 
-#[classifier]
-pub fn zt_to_pod(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
-}
-
-#[classifier]
-pub fn zt_baseline(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
+#[inline(always)]
+fn try_classify(ctx: &TcContext, dir: u8) -> i32 {
+    let cfg = match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
+    };
+    let mut pkt = MaybeUninit::<Packet>::uninit();
+    let pkt = keys::zero(&mut pkt);
+    let v = decide::decide(ctx, &cfg, dir, pkt);
+    verdict::finish(ctx, &cfg, pkt, &v)
 }
 
 #[cfg(not(test))]

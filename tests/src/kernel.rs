@@ -1,0 +1,416 @@
+//! The userspace half of kernel tests and benchmarks: load the real datapath object into a
+//! private pin directory, seed its maps, run its programs through BPF_PROG_TEST_RUN, and read
+//! back the verdict, the reason counters and the events.
+//!
+//! ```no_run
+//! use zt_tests::kernel::{Datapath, Hook};
+//! use zt_tests::packet::Packet;
+//! let mut dp = Datapath::load().unwrap();
+//! let run = dp.run(Hook::FromPod, &Packet::tcp(
+//!     "10.0.0.1:40000".parse().unwrap(), "10.0.0.2:80".parse().unwrap()).build()).unwrap();
+//! assert!(run.allowed());
+//! ```
+//!
+//! Each [`Datapath`] pins its maps under its own `/sys/fs/bpf/ztdp-<pid>-<n>` (see [`PinDir`]),
+//! removed when it is dropped, so tests never share maps with each other or with an agent.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use ipnet::IpNet;
+use zt_common::{
+    Addr,
+    config::Config,
+    conntrack::{CtKey, CtValue},
+    endpoint::{EndpointKey, EndpointValue},
+    event::Event,
+    identity::IdentityValue,
+    ipv4_mapped, names,
+    policy::{PolicyKey, PolicyValue},
+    reason,
+};
+
+/// TC verdicts the programs return.
+pub const TC_ACT_OK: i32 = 0;
+pub const TC_ACT_SHOT: i32 = 2;
+
+/// Which program to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `zt_from_pod`: the pod's egress.
+    FromPod,
+    /// `zt_to_pod`: the pod's ingress.
+    ToPod,
+    /// `zt_baseline`: parse and pass.
+    Baseline,
+}
+
+impl Hook {
+    pub fn program_name(self) -> &'static str {
+        match self {
+            Hook::FromPod => names::PROG_FROM_POD,
+            Hook::ToPod => names::PROG_TO_POD,
+            Hook::Baseline => names::PROG_BASELINE,
+        }
+    }
+}
+
+/// A unique bpffs directory for one loaded object's pinned maps; removed (with its pins) on drop.
+#[derive(Debug)]
+pub struct PinDir(PathBuf);
+
+/// `statfs` magic of a bpf filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Mounts bpffs on `/sys/fs/bpf` unless one is already there (fresh VMs and containers often
+/// have none).
+pub fn ensure_bpffs() -> anyhow::Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    let is_bpffs =
+        || nix::sys::statfs::statfs(root).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC);
+    if is_bpffs()? {
+        return Ok(());
+    }
+    let mounted = nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    );
+    // Another process may have mounted it in the meantime: what matters is that one is there.
+    if is_bpffs()? {
+        return Ok(());
+    }
+    mounted.context("mounting bpffs on /sys/fs/bpf")?;
+    bail!("/sys/fs/bpf is not a bpf filesystem")
+}
+
+impl PinDir {
+    pub fn new() -> anyhow::Result<Self> {
+        ensure_bpffs()?;
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = PathBuf::from(format!("/sys/fs/bpf/ztdp-{}-{n}", std::process::id()));
+        if path.exists() {
+            fs::remove_dir_all(&path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
+        }
+        fs::create_dir(&path)
+            .with_context(|| format!("creating {} (root, bpffs?)", path.display()))?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One program run: the action, which reason counters moved, and the events published.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub action: i32,
+    /// Reason code → increase of its counter (summed over CPUs) during the run.
+    pub reasons: BTreeMap<u8, u64>,
+    pub events: Vec<Event>,
+}
+
+impl Run {
+    pub fn allowed(&self) -> bool {
+        self.action == TC_ACT_OK
+    }
+
+    /// The run's reason code. Panics unless exactly one counter moved, by one: every packet
+    /// must be counted exactly once.
+    pub fn reason(&self) -> u8 {
+        match self.reasons.iter().collect::<Vec<_>>().as_slice() {
+            [(r, 1)] => **r,
+            other => panic!("expected exactly one reason counted once, got {other:?}"),
+        }
+    }
+
+    /// Asserts the verdict and the reason agree with `expected`, with a readable message.
+    #[track_caller]
+    pub fn assert_reason(&self, expected: u8) {
+        let got = self.reason();
+        assert_eq!(
+            reason::name(got),
+            reason::name(expected),
+            "reason (action {})",
+            self.action
+        );
+        let want_action = if reason::is_drop(expected) {
+            TC_ACT_SHOT
+        } else {
+            TC_ACT_OK
+        };
+        assert_eq!(
+            self.action,
+            want_action,
+            "TC action for {}",
+            reason::name(expected)
+        );
+    }
+}
+
+/// The datapath object loaded with its programs verified, and its maps pinned privately.
+pub struct Datapath {
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+    ifindex: u32,
+    // Dropped last: the maps' pins live here.
+    pins: PinDir,
+}
+
+impl Datapath {
+    /// Loads the embedded object and all three programs. A verifier rejection is an error whose
+    /// message carries the verifier log.
+    pub fn load() -> anyhow::Result<Self> {
+        let pins = PinDir::new()?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pins.path())
+            .load(zt_agent::datapath::object())
+            .context("loading the zt object")?;
+        for hook in [Hook::FromPod, Hook::ToPod, Hook::Baseline] {
+            let name = hook.program_name();
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("object has no program {name}"))?
+                .try_into()?;
+            if let Err(e) = prog.load() {
+                bail!("the verifier rejected {name}: {e}");
+            }
+        }
+        let events = RingBuf::try_from(
+            ebpf.take_map(names::MAP_EVENTS)
+                .ok_or_else(|| anyhow!("object has no map {}", names::MAP_EVENTS))?,
+        )?;
+        let ifindex = nix::net::if_::if_nametoindex("lo")?;
+        Ok(Self {
+            ebpf,
+            events,
+            ifindex,
+            pins,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        self.pins.path()
+    }
+
+    /// The interface index BPF_PROG_TEST_RUN gives its packets (loopback).
+    pub fn test_ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    pub fn program(&mut self, hook: Hook) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(hook.program_name())
+            .and_then(|p| p.try_into().ok())
+            .expect("programs are checked at load")
+    }
+
+    fn map_mut(&mut self, name: &str) -> &mut Map {
+        self.ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("object has no map {name}"))
+    }
+
+    fn map(&self, name: &str) -> &Map {
+        self.ebpf
+            .map(name)
+            .unwrap_or_else(|| panic!("object has no map {name}"))
+    }
+
+    pub fn set_config(&mut self, config: Config) -> anyhow::Result<()> {
+        let mut m: Array<_, Config> = Array::try_from(self.map_mut(names::MAP_CONFIG))?;
+        m.set(0, config, 0)?;
+        Ok(())
+    }
+
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let m: Array<_, Config> = Array::try_from(self.map(names::MAP_CONFIG))?;
+        Ok(m.get(&0, 0)?)
+    }
+
+    pub fn set_endpoint(&mut self, addr: IpAddr, value: EndpointValue) -> anyhow::Result<()> {
+        let mut m: HashMap<_, EndpointKey, EndpointValue> =
+            HashMap::try_from(self.map_mut(names::MAP_ENDPOINTS))?;
+        m.insert(
+            EndpointKey {
+                addr: addr_of(addr),
+            },
+            value,
+            0,
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_endpoint(&mut self, addr: IpAddr) -> anyhow::Result<()> {
+        let mut m: HashMap<_, EndpointKey, EndpointValue> =
+            HashMap::try_from(self.map_mut(names::MAP_ENDPOINTS))?;
+        m.remove(&EndpointKey {
+            addr: addr_of(addr),
+        })?;
+        Ok(())
+    }
+
+    /// Maps a prefix to an identity in the family's trie.
+    pub fn set_identity(&mut self, net: IpNet, identity: u32) -> anyhow::Result<()> {
+        let value = IdentityValue { identity };
+        match net {
+            IpNet::V4(n) => {
+                let mut m: LpmTrie<_, [u8; 4], IdentityValue> =
+                    LpmTrie::try_from(self.map_mut(names::MAP_IDENTITY_V4))?;
+                m.insert(
+                    &LpmKey::new(n.prefix_len().into(), n.network().octets()),
+                    value,
+                    0,
+                )?;
+            }
+            IpNet::V6(n) => {
+                let mut m: LpmTrie<_, [u8; 16], IdentityValue> =
+                    LpmTrie::try_from(self.map_mut(names::MAP_IDENTITY_V6))?;
+                m.insert(
+                    &LpmKey::new(n.prefix_len().into(), n.network().octets()),
+                    value,
+                    0,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_policy(&mut self, key: PolicyKey, policy_ref: u32) -> anyhow::Result<()> {
+        let mut m: HashMap<_, PolicyKey, PolicyValue> =
+            HashMap::try_from(self.map_mut(names::MAP_POLICY))?;
+        m.insert(key, PolicyValue { policy_ref }, 0)?;
+        Ok(())
+    }
+
+    pub fn remove_policy(&mut self, key: PolicyKey) -> anyhow::Result<()> {
+        let mut m: HashMap<_, PolicyKey, PolicyValue> =
+            HashMap::try_from(self.map_mut(names::MAP_POLICY))?;
+        m.remove(&key)?;
+        Ok(())
+    }
+
+    /// The conntrack entry for `key`, if any.
+    pub fn conntrack(&self, key: &CtKey) -> anyhow::Result<Option<CtValue>> {
+        let m: HashMap<_, CtKey, CtValue> = HashMap::try_from(self.map(names::MAP_CONNTRACK))?;
+        match m.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn conntrack_len(&self) -> anyhow::Result<usize> {
+        let m: HashMap<_, CtKey, CtValue> = HashMap::try_from(self.map(names::MAP_CONNTRACK))?;
+        Ok(m.keys().filter(Result::is_ok).count())
+    }
+
+    /// Every reason counter, summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<[u64; reason::COUNT as usize]> {
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(names::MAP_COUNTERS))?;
+        let mut out = [0; reason::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = m.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Takes every event published so far.
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() >= size_of::<Event>() {
+                // SAFETY: the kernel wrote an `Event` (plain integers) at the start of the item.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+            }
+        }
+        out
+    }
+
+    /// Runs one packet through `hook` once.
+    pub fn run(&mut self, hook: Hook, packet: &[u8]) -> anyhow::Result<Run> {
+        self.drain_events();
+        let before = self.counters()?;
+        let result = self.program(hook).test_run(TestRunOptions {
+            data_in: Some(packet),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        let after = self.counters()?;
+        let reasons = (0..reason::COUNT as usize)
+            .filter(|&i| after[i] != before[i])
+            .map(|i| (i as u8, after[i] - before[i]))
+            .collect();
+        Ok(Run {
+            action: result.return_value as i32,
+            reasons,
+            events: self.drain_events(),
+        })
+    }
+
+    /// Runs one packet `repeat` times in the kernel; the kernel's mean time per run.
+    pub fn run_repeat(
+        &mut self,
+        hook: Hook,
+        packet: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<(i32, Duration)> {
+        let result = self.program(hook).test_run(TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..Default::default()
+        })?;
+        Ok((result.return_value as i32, result.duration))
+    }
+}
+
+/// An address as the maps store it (IPv4-mapped for IPv4).
+pub fn addr_of(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// A conntrack key as the datapath writes it (ports in network byte order).
+pub fn ct_key(
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    protocol: u8,
+    direction: u8,
+) -> CtKey {
+    CtKey {
+        src: addr_of(src),
+        dst: addr_of(dst),
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        protocol,
+        direction,
+        _pad: [0; 2],
+    }
+}

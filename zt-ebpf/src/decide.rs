@@ -1,0 +1,152 @@
+//! The decision procedure of `zt_common::policy`, steps 1–9, for one packet in one direction.
+//! Each step is a call into the module that owns the concern; this file only sequences them.
+
+use core::mem::MaybeUninit;
+
+use aya_ebpf::programs::TcContext;
+use zt_common::{
+    config::{Config, flags as cfg_flags},
+    conntrack::flags as ct_flags,
+    direction,
+    endpoint::flags as ep_flags,
+    event::kind,
+    reason,
+};
+
+use crate::{
+    conntrack, frag,
+    keys::{CtKey, EndpointKey, zero},
+    maps::ENDPOINTS,
+    packet::{self, Packet, class},
+    parse::{self, ParseError},
+    policy::{self, Decision, Query},
+    verdict::{Verdict, ifindex},
+};
+
+#[inline(always)]
+pub fn decide(ctx: &TcContext, cfg: &Config, dir: u8, pkt: &mut Packet) -> Verdict {
+    let v = Verdict::new(dir);
+    // Steps 1 and 2.
+    match parse::parse(ctx, pkt) {
+        Ok(()) => {}
+        Err(ParseError::NotIp) => return v.with(reason::ALLOW_NON_IP),
+        Err(_) => return v.with(reason::DROP_MALFORMED),
+    }
+    // Step 3.
+    if pkt.frag == packet::frag::LATER {
+        if !frag::resolve_later(pkt) {
+            return v.with(reason::DROP_FRAGMENT_UNKNOWN);
+        }
+    } else if pkt.frag == packet::frag::FIRST {
+        frag::record_first(pkt);
+    }
+    // Step 4.
+    if pkt.class == class::NDP {
+        return v.with(reason::ALLOW_NDP);
+    }
+    endpoint_and_flow(ctx, cfg, dir, pkt, v)
+}
+
+/// Steps 5–9.
+#[inline(always)]
+fn endpoint_and_flow(
+    ctx: &TcContext,
+    cfg: &Config,
+    dir: u8,
+    pkt: &Packet,
+    mut v: Verdict,
+) -> Verdict {
+    let local = if dir == direction::EGRESS {
+        pkt.tuple.src
+    } else {
+        pkt.tuple.dst
+    };
+    let ep = match ENDPOINTS.get_ptr(&EndpointKey { addr: local }) {
+        // SAFETY: a map value pointer returned by the kernel, valid for this program run.
+        Some(p) => unsafe { *p },
+        None if cfg.flags & cfg_flags::FAIL_CLOSED != 0 => {
+            return v.with(reason::DROP_UNKNOWN_ENDPOINT);
+        }
+        None => return v.with(reason::ALLOW_UNKNOWN_ENDPOINT),
+    };
+    v.local_identity = ep.identity;
+    if ep.ifindex != 0 && ep.ifindex != ifindex(ctx) {
+        return v.with(reason::DROP_SPOOFED);
+    }
+    // Step 6.
+    if ep.flags & (ep_flags::INGRESS_ISOLATED | ep_flags::EGRESS_ISOLATED) == 0 {
+        return v.with(reason::ALLOW_NOT_ISOLATED);
+    }
+    let audit = ep.flags & ep_flags::AUDIT != 0;
+    let revision = cfg.policy_revision;
+
+    // Step 7.
+    let mut key = MaybeUninit::<CtKey>::uninit();
+    let key = zero(&mut key);
+    if let Some((entry, ct_reason)) = conntrack::lookup(pkt, dir, key) {
+        // SAFETY: (here and below) a map value pointer returned by the kernel, valid for this run.
+        if unsafe { (*entry).revision } == revision {
+            return v.with(ct_reason);
+        }
+        // 7c: re-check the flow as it was admitted.
+        let q = Query {
+            peer: if key.direction == direction::EGRESS {
+                key.dst
+            } else {
+                key.src
+            },
+            dport: key.dport,
+            protocol: key.protocol,
+            direction: key.direction,
+        };
+        let mut d = MaybeUninit::<Decision>::uninit();
+        let d = zero(&mut d);
+        policy::evaluate(&ep, &q, d);
+        v.peer_identity = d.peer_identity;
+        v.policy_ref = d.policy_ref;
+        if d.allow != 0 {
+            unsafe { (*entry).revision = revision };
+            return v.with(ct_reason);
+        }
+        if audit {
+            unsafe {
+                (*entry).revision = revision;
+                (*entry).flags |= ct_flags::AUDITED;
+            }
+            v.event = kind::AUDITED;
+            return v.with(reason::ALLOW_AUDIT);
+        }
+        conntrack::forget(key);
+        return v.with(reason::DROP_REVOKED);
+    }
+
+    // Step 8 for a new flow.
+    let q = Query {
+        peer: if dir == direction::EGRESS {
+            pkt.tuple.dst
+        } else {
+            pkt.tuple.src
+        },
+        dport: pkt.tuple.dport,
+        protocol: pkt.tuple.protocol,
+        direction: dir,
+    };
+    let mut d = MaybeUninit::<Decision>::uninit();
+    let d = zero(&mut d);
+    policy::evaluate(&ep, &q, d);
+    v.peer_identity = d.peer_identity;
+    v.policy_ref = d.policy_ref;
+    let (allow, ct_flags, event) = if d.allow != 0 {
+        (d.allow, 0, kind::NEW_FLOW)
+    } else if audit {
+        (reason::ALLOW_AUDIT, ct_flags::AUDITED, kind::AUDITED)
+    } else if dir == direction::EGRESS {
+        return v.with(reason::DROP_POLICY_EGRESS);
+    } else {
+        return v.with(reason::DROP_POLICY_INGRESS);
+    };
+    // Step 9.
+    conntrack::admit(&pkt.tuple, dir, revision, ct_flags);
+    v.event = event;
+    v.with(allow)
+}
