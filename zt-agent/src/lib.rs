@@ -13,6 +13,7 @@ pub mod datapath;
 pub mod error;
 pub mod index;
 pub mod lab;
+pub mod manifests;
 pub mod resource;
 pub mod runtime;
 
