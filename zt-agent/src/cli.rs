@@ -5,7 +5,11 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "zt-agent", version, about = "zt: zero-trust NetworkPolicy enforcement in eBPF")]
+#[command(
+    name = "zt-agent",
+    version,
+    about = "zt: zero-trust NetworkPolicy enforcement in eBPF"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -49,6 +53,17 @@ pub struct RunArgs {
 pub enum LabCommand {
     /// Build the lab from manifests, enforce, probe every pod pair and port, tear it down.
     Probe(LabProbeArgs),
+    /// Build the lab and keep it until Ctrl-C, to poke at it by hand (`ip netns exec …`).
+    Up(LabUpArgs),
+    /// Stop every running lab and remove what killed ones left behind.
+    Down,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LabUpArgs {
+    /// Folder of `*.yaml` manifests (Namespaces, Pods, NetworkPolicies).
+    #[arg(long)]
+    pub manifests: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,0 +1,263 @@
+//! The hermetic lab: a node with pods in network namespaces, the real agent and datapath
+//! enforcing a folder of manifests, and a prober that tries every pod pair on every port.
+//!
+//! ```text
+//!  manifests ─▶ plan (pure: addresses, ports, probes) ─▶ net (node + pod namespaces, routed veths)
+//!                                                     ─▶ serve (TCP accept / UDP echo per port)
+//!                                                     ─▶ agent (zt-agent run --source dir:…, /readyz)
+//!                                                     ─▶ probe (parallel, from each pod) ─▶ report
+//!  state: everything made is recorded under /run/zt-lab first; Drop, Ctrl-C and the next run undo it
+//! ```
+//! `zt-agent lab probe` runs the whole cycle once; `lab up` keeps the lab until Ctrl-C;
+//! `lab down` stops running labs and removes what killed ones left.
+
+pub mod agent;
+pub mod net;
+pub mod plan;
+pub mod probe;
+pub mod report;
+pub mod serve;
+pub mod state;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use nix::sys::signal::SigSet;
+
+use self::{agent::Agent, net::Node, serve::Servers};
+pub use self::{
+    plan::{LabPod, Plan, Port, Protocol},
+    probe::Timeouts,
+    report::Report,
+};
+use crate::{
+    cli::LabCommand,
+    error::{Error, Result},
+    resource::Resource,
+};
+
+/// How long the agent may take to load, sync and attach.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `zt-agent lab …`.
+pub fn main(command: LabCommand) -> Result<()> {
+    match command {
+        LabCommand::Probe(args) => {
+            let signals = state::handle_signals()?;
+            let resources = crate::manifests::load_dir(&args.manifests)?;
+            let lab = Lab::build(resources, Some(signals))?;
+            let report = lab.probe(Timeouts::default());
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+        LabCommand::Up(args) => {
+            let signals = state::handle_signals()?;
+            let resources = crate::manifests::load_dir(&args.manifests)?;
+            let lab = Lab::build(resources, Some(signals))?;
+            print!("{}", lab.describe());
+            eprintln!("the lab is up; Ctrl-C (or `zt-agent lab down`) tears it down");
+            // The signal thread tears the lab down and exits.
+            loop {
+                std::thread::park();
+            }
+        }
+        LabCommand::Down => {
+            require_root()?;
+            for what in state::stop_all() {
+                eprintln!("removed {what}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A built lab; dropping it tears everything down. Fields drop in order: servers, agent, node,
+/// then the record (which removes whatever is left, pins included).
+#[derive(Debug)]
+pub struct Lab {
+    _servers: Servers,
+    agent: Agent,
+    node: Node,
+    pods: Vec<LabPod>,
+    manifests: PathBuf,
+    run: Run,
+}
+
+/// The run's record; dropping it tears down whatever it lists.
+#[derive(Debug)]
+struct Run(String);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        state::finish(&self.0);
+    }
+}
+
+impl Lab {
+    /// Builds the lab for `resources` and waits until the agent enforces them. `signals` is the
+    /// mask from [`state::handle_signals`], if the caller installed it.
+    pub fn build(resources: Vec<Resource>, signals: Option<SigSet>) -> Result<Self> {
+        require_root()?;
+        for tool in ["ip", "nsenter", "sysctl"] {
+            if !on_path(tool) {
+                return Err(Error::Other(format!(
+                    "`{tool}` is not installed (the lab needs iproute2, util-linux and procps)"
+                )));
+            }
+        }
+        let plan = plan::plan(resources)?;
+        for what in state::reap_leftovers() {
+            eprintln!("zt-agent lab: removed leftover {what}");
+        }
+        let run = Run(state::new_run());
+        state::begin(&run.0)?;
+        let workdir = Path::new(state::STATE_DIR).join(&run.0);
+        let pin_root = Path::new("/sys/fs/bpf").join(format!("{}-{}", net::PREFIX, run.0));
+        state::update(&run.0, |r| {
+            r.workdir = Some(workdir.clone());
+            r.pin_root = Some(pin_root.clone());
+        })?;
+        let manifests = workdir.join("manifests");
+        std::fs::create_dir_all(&manifests).map_err(|source| Error::Io {
+            path: manifests.clone(),
+            source,
+        })?;
+        write_manifests(&manifests, &plan.resources)?;
+
+        let mut record_netns = |name: &str| {
+            let _ = state::update(&run.0, |r| r.netns.push(name.to_owned()));
+        };
+        let mut node = Node::create(&run.0, &mut record_netns)?;
+        let mut servers = Servers::default();
+        for pod in &plan.pods {
+            node.add_pod(pod.ipv4, pod.ipv6, &mut record_netns)?;
+            let netns = &node.pods.last().expect("just added").netns;
+            servers.serve(netns, &pod.ports)?;
+        }
+        let mut agent = Agent::start(
+            &node.netns,
+            &manifests,
+            &pin_root,
+            workdir.join("agent.log"),
+            signals,
+        )?;
+        let process = state::Process::of(agent.pid());
+        state::update(&run.0, |r| r.agent = process)?;
+        agent.wait_ready(&node.netns, READY_TIMEOUT)?;
+        Ok(Self {
+            _servers: servers,
+            agent,
+            node,
+            pods: plan.pods,
+            manifests,
+            run,
+        })
+    }
+
+    pub fn pods(&self) -> &[LabPod] {
+        &self.pods
+    }
+
+    /// Probes every ordered pair of distinct pods on every port the destination declares.
+    pub fn probe(&self, timeouts: Timeouts) -> Report {
+        let probes = plan::probes(&self.pods);
+        let netns: Vec<_> = self.node.pods.iter().map(|p| &p.netns).collect();
+        let outcomes = probe::run(&self.pods, &netns, &probes, timeouts);
+        Report::new(&self.pods, &probes, &outcomes)
+    }
+
+    /// Replaces what the agent follows. The pods must stay the same (names, addresses, ports);
+    /// labels, namespaces and policies may change. Returns once the files are in place; the agent
+    /// applies them asynchronously.
+    pub fn apply(&self, resources: Vec<Resource>) -> Result<()> {
+        let plan = plan::plan(resources)?;
+        if plan.pods != self.pods {
+            return Err(Error::Other(
+                "the lab cannot add, remove, readdress or re-port pods after it is built".into(),
+            ));
+        }
+        write_manifests(&self.manifests, &plan.resources)
+    }
+
+    /// `GET path` on the agent (e.g. `/metrics`), from the node namespace.
+    pub fn agent_get(&self, path: &str) -> Option<(u16, String)> {
+        agent::get(&self.node.netns, path)
+    }
+
+    /// The agent's log file.
+    pub fn agent_log(&self) -> &Path {
+        &self.agent.log
+    }
+
+    /// The run id (`<pid>-<seq>`) that names the lab's namespaces and pin dir.
+    pub fn run_id(&self) -> &str {
+        &self.run.0
+    }
+
+    /// How to reach the pods by hand.
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "node namespace {} (agent log {}, /metrics at {} inside it)\n",
+            self.node.netns.name,
+            self.agent.log.display(),
+            agent::LISTEN
+        );
+        for (pod, net) in self.pods.iter().zip(&self.node.pods) {
+            let ports: Vec<String> = pod
+                .ports
+                .iter()
+                .map(|p| format!("{}/{}", p.protocol.as_str(), p.port))
+                .collect();
+            out.push_str(&format!(
+                "  {:<24} {:<15} netns {:<22} host veth {:<9} {}\n",
+                pod.id(),
+                pod.ipv4,
+                net.netns.name,
+                net.host_if,
+                ports.join(" ")
+            ));
+        }
+        out
+    }
+}
+
+/// Writes `resources` as the one file the agent follows, atomically (a hidden temporary, renamed),
+/// so the agent never reads half a file.
+fn write_manifests(dir: &Path, resources: &[Resource]) -> Result<()> {
+    let mut text = String::new();
+    for resource in resources {
+        let doc = match resource {
+            Resource::Namespace(o) => serde_yaml::to_string(o),
+            Resource::Pod(o) => serde_yaml::to_string(o),
+            Resource::NetworkPolicy(o) => serde_yaml::to_string(o),
+        }
+        .map_err(|e| Error::Other(format!("serializing the lab's manifests: {e}")))?;
+        text.push_str("---\n");
+        text.push_str(&doc);
+    }
+    let (tmp, path) = (dir.join(".lab.yaml.tmp"), dir.join("lab.yaml"));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| Error::Io { path, source })
+}
+
+fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::Other(
+            "the lab needs root (it creates network namespaces and loads eBPF programs); run it with sudo"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
