@@ -27,7 +27,10 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        tc::{NlOptions, TcAttachOptions, qdisc_add_clsact},
+    },
 };
 use ipnet::IpNet;
 use zt_common::{
@@ -65,6 +68,13 @@ impl Hook {
             Hook::Baseline => names::PROG_BASELINE,
         }
     }
+}
+
+/// How [`Datapath::attach_pair`] attached the programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Tcx,
+    Clsact,
 }
 
 /// A unique bpffs directory for one loaded object's pinned maps; removed (with its pins) on drop.
@@ -219,6 +229,41 @@ impl Datapath {
     /// The interface index BPF_PROG_TEST_RUN gives its packets (loopback).
     pub fn test_ifindex(&self) -> u32 {
         self.ifindex
+    }
+
+    /// Attaches `zt_from_pod` at TC ingress and `zt_to_pod` at TC egress of `ifname` (resolved
+    /// in the calling thread's network namespace): TCX links where the kernel has them (6.6+),
+    /// a clsact qdisc and netlink filters otherwise. Detached when `self` is dropped.
+    pub fn attach_pair(&mut self, ifname: &str) -> anyhow::Result<AttachMode> {
+        let tcx = self.attach(ifname, Hook::FromPod, TcAttachType::Ingress, true);
+        if tcx.is_ok() {
+            self.attach(ifname, Hook::ToPod, TcAttachType::Egress, true)?;
+            return Ok(AttachMode::Tcx);
+        }
+        // clsact may already exist (EEXIST): attaching below reports any real problem.
+        let _ = qdisc_add_clsact(ifname);
+        self.attach(ifname, Hook::FromPod, TcAttachType::Ingress, false)
+            .with_context(|| format!("TCX failed too: {:#}", tcx.unwrap_err()))?;
+        self.attach(ifname, Hook::ToPod, TcAttachType::Egress, false)?;
+        Ok(AttachMode::Clsact)
+    }
+
+    fn attach(
+        &mut self,
+        ifname: &str,
+        hook: Hook,
+        at: TcAttachType,
+        tcx: bool,
+    ) -> anyhow::Result<()> {
+        let options = if tcx {
+            TcAttachOptions::TcxOrder(LinkOrder::default())
+        } else {
+            TcAttachOptions::Netlink(NlOptions::default())
+        };
+        self.program(hook)
+            .attach_with_options(ifname, at, options)
+            .with_context(|| format!("attaching {} to {ifname} {at:?}", hook.program_name()))?;
+        Ok(())
     }
 
     pub fn program(&mut self, hook: Hook) -> &mut SchedClassifier {
