@@ -56,18 +56,6 @@ impl Agent {
         agent
     }
 
-    fn binary() -> PathBuf {
-        if let Some(path) = std::env::var_os("ZT_AGENT_BIN") {
-            return PathBuf::from(path);
-        }
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/zt-agent");
-        assert!(
-            path.exists(),
-            "no zt-agent binary: run `cargo build -p zt-agent` or set ZT_AGENT_BIN"
-        );
-        path
-    }
-
     fn spawn(&mut self) {
         let out = fs::OpenOptions::new()
             .create(true)
@@ -77,7 +65,7 @@ impl Agent {
         // nsenter switches only the network namespace: the agent keeps the machine's bpffs.
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{NODE_NS}"))
-            .arg(Self::binary())
+            .arg(zt_agent::lab::agent::binary().expect("the zt-agent binary"))
             .args([
                 "run",
                 "--source",
