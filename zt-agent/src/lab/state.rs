@@ -38,7 +38,8 @@ pub struct Record {
     pub workdir: Option<PathBuf>,
 }
 
-/// A process as pid plus start time (clock ticks since boot), which together never repeat.
+/// A running (not zombie) process as pid plus start time (clock ticks since boot), which together
+/// never repeat.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Process {
     pub pid: u32,
@@ -49,8 +50,12 @@ impl Process {
     pub fn of(pid: u32) -> Option<Self> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // The command name may hold spaces and parentheses: fields start after the last ')'.
-        let after = stat.rsplit_once(')')?.1;
-        let start = after.split_whitespace().nth(19)?.parse().ok()?;
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+        // A zombie has exited; only its parent's wait is missing.
+        if fields.next()? == "Z" {
+            return None;
+        }
+        let start = fields.nth(18)?.parse().ok()?;
         Some(Self { pid, start })
     }
 
