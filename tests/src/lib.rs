@@ -3,4 +3,5 @@
 pub mod apiserver;
 pub mod bench;
 pub mod kernel;
+pub mod lab_support;
 pub mod packet;
