@@ -409,7 +409,7 @@ mod tests {
         assert_eq!(p[ext], IPPROTO_DSTOPTS);
         assert_eq!(p[ext + 8], IPPROTO_FRAGMENT);
         assert_eq!(p[ext + 8 + 16], 6);
-        assert_eq!(&p[ext + 24..ext + 28], &[0x03, 0xe8, 0, 80]);
+        assert_eq!(&p[ext + 32..ext + 36], &[0x03, 0xe8, 0, 80]);
     }
 
     #[test]
