@@ -57,6 +57,19 @@ pub enum LabCommand {
     Up(LabUpArgs),
     /// Stop every running lab and remove what killed ones left behind.
     Down,
+    /// The demo: an app with no policy, then zero trust, and one denied flow explained.
+    Demo(LabDemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LabDemoArgs {
+    /// Folder with `app/` (namespaces, pods) and `zero-trust/` (policies).
+    #[arg(long, default_value = "deploy/demo")]
+    pub dir: PathBuf,
+    /// The denied flow to explain, as `FROM:TO:PORT/PROTOCOL` (e.g.
+    /// `default/toolbox:shop/db:5432/TCP`); the first denied flow if absent or not denied.
+    #[arg(long)]
+    pub explain: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

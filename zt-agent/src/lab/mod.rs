@@ -12,6 +12,7 @@
 //! `lab down` stops running labs and removes what killed ones left.
 
 pub mod agent;
+pub mod demo;
 pub mod net;
 pub mod plan;
 pub mod probe;
@@ -67,6 +68,7 @@ pub fn main(command: LabCommand) -> Result<()> {
                 std::thread::park();
             }
         }
+        LabCommand::Demo(args) => demo::run(args),
         LabCommand::Down => {
             require_root()?;
             for what in state::stop_all() {
@@ -183,6 +185,48 @@ impl Lab {
             ));
         }
         write_manifests(&self.manifests, &plan.resources)
+    }
+
+    /// Waits until the agent shows it took a change written by [`Lab::apply`]: its `/metrics`
+    /// differ from `before` (nothing else probes meanwhile, so only the agent's own work changes
+    /// them) and `/readyz` is 200. `false` on timeout.
+    pub fn wait_applied_since(&self, before: &str, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            let ready = self.agent_get("/readyz").is_some_and(|(s, _)| s == 200);
+            let changed = self
+                .agent_get("/metrics")
+                .is_some_and(|(s, body)| s == 200 && body != before);
+            if ready && changed {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// The agent's current `/metrics` text (empty if it does not answer).
+    pub fn metrics(&self) -> String {
+        self.agent_get("/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// A pod's labels as the agent currently sees them.
+    pub fn labels(&self, id: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        let text = std::fs::read_to_string(self.manifests.join("lab.yaml")).ok()?;
+        let resources = crate::manifests::parse(&self.manifests, &text).ok()?;
+        resources.into_iter().find_map(|r| match r {
+            Resource::Pod(p) => {
+                let pid = format!(
+                    "{}/{}",
+                    p.metadata.namespace.as_deref().unwrap_or("default"),
+                    p.metadata.name.as_deref().unwrap_or_default()
+                );
+                (pid == id).then(|| p.metadata.labels.unwrap_or_default())
+            }
+            _ => None,
+        })
     }
 
     /// `GET path` on the agent (e.g. `/metrics`), from the node namespace.

@@ -1,0 +1,316 @@
+//! `zt-agent lab demo`: the story `cargo xtask demo` tells. A small app runs in the lab with no
+//! policy (everything reaches everything), then with a zero-trust set (default deny everywhere,
+//! then the flows the app needs), and one denied flow is explained.
+//!
+//! The folder holds `app/` (namespaces and pods) and `zero-trust/` (the policies; each may carry
+//! a `description` annotation, printed as its one-line summary).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::networking::v1::NetworkPolicy, apimachinery::pkg::apis::meta::v1::LabelSelector,
+};
+
+use super::{Lab, Report, Timeouts, plan::Protocol, state};
+use crate::{
+    cli::LabDemoArgs,
+    error::{Error, Result},
+    resource::Resource,
+};
+
+/// How long the agent may take to apply the policy set.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn run(args: LabDemoArgs) -> Result<()> {
+    let signals = state::handle_signals()?;
+    let app = crate::manifests::load_dir(&args.dir.join("app"))?;
+    let policies = crate::manifests::load_dir(&args.dir.join("zero-trust"))?;
+    let policies: Vec<NetworkPolicy> = policies
+        .into_iter()
+        .map(|r| match r {
+            Resource::NetworkPolicy(p) => Ok(p),
+            other => Err(Error::Other(format!(
+                "{}: only NetworkPolicies belong in zero-trust/, found a {:?}",
+                args.dir.join("zero-trust").display(),
+                other.kind()
+            ))),
+        })
+        .collect::<Result<_>>()?;
+
+    println!("zt demo: a small shop app on a one-node lab (pods in network namespaces, the real");
+    println!("zt-agent and eBPF datapath, nothing leaves the machine).\n");
+    let lab = Lab::build(app.clone(), Some(signals))?;
+    println!("The pods ({}/app):", args.dir.display());
+    for pod in lab.pods() {
+        let ports: Vec<String> = pod
+            .ports
+            .iter()
+            .map(|p| format!("{}/{}", p.protocol.as_str(), p.port))
+            .collect();
+        println!(
+            "  {:<22} {:<12} serves {}",
+            pod.id(),
+            pod.ipv4,
+            ports.join(" ")
+        );
+    }
+
+    let before = lab.probe(Timeouts::default());
+    println!("\n── 1. No NetworkPolicy ──────────────────────────────────────────────────────────");
+    println!("Kubernetes' default: every pod can open every port of every other pod.\n");
+    print!("{}", reachability(&before));
+
+    println!("\n── 2. Zero trust ───────────────────────────────────────────────────────────────");
+    println!(
+        "Default deny in every namespace, then only the flows the app needs ({}/zero-trust):",
+        args.dir.display()
+    );
+    for policy in &policies {
+        println!("  {:<40} {}", policy_id(policy), description(policy));
+    }
+    let mut all = app;
+    all.extend(policies.iter().cloned().map(Resource::NetworkPolicy));
+    let metrics = lab.metrics();
+    lab.apply(all)?;
+    if !lab.wait_applied_since(&metrics, APPLY_TIMEOUT) {
+        eprintln!(
+            "(the agent gave no sign of applying the change within {APPLY_TIMEOUT:?}; probing anyway)"
+        );
+    }
+    let after = lab.probe(Timeouts::default());
+    println!();
+    print!("{}", reachability(&after));
+    let open = |r: &Report| r.results.iter().filter(|o| o.allowed).count();
+    println!(
+        "\nOpen flows: {} of {} before, {} after; each one left is allowed by a policy above.",
+        open(&before),
+        before.results.len(),
+        open(&after)
+    );
+
+    let Some(flow) = pick_denied(&after, args.explain.as_deref()) else {
+        return Err(Error::Other(
+            "no denied flow to explain (did the agent enforce the policies?)".into(),
+        ));
+    };
+    println!(
+        "\n── 3. Why was {} → {} {}/{} denied? ──────────────────",
+        flow.0,
+        flow.1,
+        flow.3.as_str(),
+        flow.2
+    );
+    print!("{}", explain(&lab, &policies, &after, &flow));
+    Ok(())
+}
+
+/// For each destination port, who may open it.
+fn reachability(report: &Report) -> String {
+    let mut by_target: BTreeMap<(String, Protocol, u16), (Vec<String>, usize)> = BTreeMap::new();
+    for o in &report.results {
+        let entry = by_target
+            .entry((o.to.clone(), o.protocol, o.port))
+            .or_default();
+        entry.1 += 1;
+        if o.allowed {
+            entry.0.push(o.from.clone());
+        }
+    }
+    let mut out = String::new();
+    for ((to, protocol, port), (from, total)) in by_target {
+        let who = if from.len() == total {
+            format!("everyone (all {total} other pods)")
+        } else if from.is_empty() {
+            "nobody".to_owned()
+        } else {
+            from.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "  {:<30} ← {who}",
+            format!("{to} {}/{port}", protocol.as_str())
+        );
+    }
+    out
+}
+
+type Flow = (String, String, u16, Protocol);
+
+/// `FROM:TO:PORT/PROTO` if given and denied, else the first denied flow.
+fn pick_denied(report: &Report, wanted: Option<&str>) -> Option<Flow> {
+    let denied = report.results.iter().filter(|o| !o.allowed);
+    let as_flow = |o: &super::report::Outcome| (o.from.clone(), o.to.clone(), o.port, o.protocol);
+    if let Some(wanted) = wanted {
+        let found = denied
+            .clone()
+            .find(|o| format!("{}:{}:{}/{}", o.from, o.to, o.port, o.protocol.as_str()) == wanted);
+        if let Some(o) = found {
+            return Some(as_flow(o));
+        }
+        eprintln!("({wanted} is not a denied flow here; explaining another one)");
+    }
+    denied.clone().next().map(as_flow)
+}
+
+fn explain(lab: &Lab, policies: &[NetworkPolicy], report: &Report, flow: &Flow) -> String {
+    let (from, to, port, protocol) = flow;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "A flow passes only if the source's egress policies and the destination's ingress policies\n\
+         both allow it; a pod no policy selects for a direction is open in that direction."
+    );
+    for (side, pod, ingress) in [("egress of", from, false), ("ingress of", to, true)] {
+        let selecting: Vec<&NetworkPolicy> = policies
+            .iter()
+            .filter(|p| selects(p, lab, pod) && applies(p, ingress))
+            .collect();
+        if selecting.is_empty() {
+            let _ = writeln!(out, "\n  {side} {pod}: open (no policy selects it)");
+            continue;
+        }
+        let _ = writeln!(out, "\n  {side} {pod}: isolated by");
+        for p in selecting {
+            let _ = writeln!(out, "    {:<40} {}", policy_id(p), description(p));
+        }
+    }
+    let reverse_open = report.allowed(to, from, *port, *protocol);
+    let _ = writeln!(
+        out,
+        "\n  None of the ingress policies of {to} names {from} on {}/{port}, so its SYN was dropped\n  \
+         at {to}'s host-side interface{}.",
+        protocol.as_str(),
+        match reverse_open {
+            Some(true) => " (the other direction is open: policies are per direction)",
+            _ => "",
+        }
+    );
+    let ips = |id: &str| {
+        lab.pods()
+            .iter()
+            .find(|p| p.id() == *id)
+            .map(|p| p.ipv4.to_string())
+    };
+    let log = std::fs::read_to_string(lab.agent_log()).unwrap_or_default();
+    let (src, dst) = (ips(from).unwrap_or_default(), ips(to).unwrap_or_default());
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("denied") && l.contains(&src) && l.contains(&dst))
+        .take(3)
+        .collect();
+    if lines.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n  (the agent logged no drop event for {src} → {dst})"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "\n  The datapath's drop event, as the agent logged it:"
+        );
+        for line in lines {
+            let _ = writeln!(out, "    {line}");
+        }
+    }
+    out
+}
+
+fn policy_id(p: &NetworkPolicy) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or("default"),
+        p.metadata.name.as_deref().unwrap_or("?")
+    )
+}
+
+fn description(p: &NetworkPolicy) -> String {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("description"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Whether `p` isolates its pods for ingress (`true`) or egress, as Kubernetes defaults
+/// `policyTypes`: Ingress always, Egress when egress rules are present.
+fn applies(p: &NetworkPolicy, ingress: bool) -> bool {
+    let Some(spec) = &p.spec else { return false };
+    match &spec.policy_types {
+        Some(types) => types
+            .iter()
+            .any(|t| t == if ingress { "Ingress" } else { "Egress" }),
+        None => ingress || spec.egress.is_some(),
+    }
+}
+
+/// Whether `p`'s podSelector selects the lab pod `id`.
+fn selects(p: &NetworkPolicy, lab: &Lab, id: &str) -> bool {
+    let Some((ns, _)) = id.split_once('/') else {
+        return false;
+    };
+    if p.metadata.namespace.as_deref().unwrap_or("default") != ns {
+        return false;
+    }
+    let Some(labels) = lab.labels(id) else {
+        return false;
+    };
+    p.spec
+        .as_ref()
+        .is_some_and(|s| matches(s.pod_selector.as_ref(), &labels))
+}
+
+/// Label selector semantics; an absent or empty selector selects everything. An operator this does
+/// not know selects nothing (this is only the demo's explanation, never enforcement).
+fn matches(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+    let Some(selector) = selector else {
+        return true;
+    };
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values: BTreeSet<&String> = e.values.iter().flatten().collect();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    });
+    labels_ok && expressions_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    use super::*;
+
+    #[test]
+    fn selectors_follow_kubernetes_semantics() {
+        let labels: BTreeMap<String, String> = [("app".to_owned(), "db".to_owned())].into();
+        let req = |op: &str, values: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "app".into(),
+                operator: op.into(),
+                values: Some(values.iter().map(|v| v.to_string()).collect()),
+            }]),
+            ..Default::default()
+        };
+        assert!(matches(None, &labels));
+        assert!(matches(Some(&LabelSelector::default()), &labels));
+        assert!(matches(Some(&req("In", &["db", "x"])), &labels));
+        assert!(!matches(Some(&req("NotIn", &["db"])), &labels));
+        assert!(matches(Some(&req("Exists", &[])), &labels));
+        assert!(!matches(Some(&req("DoesNotExist", &[])), &labels));
+        assert!(!matches(Some(&req("Bogus", &[])), &labels));
+    }
+}
