@@ -182,6 +182,36 @@ mod tests {
     }
 
     #[test]
+    fn random_clusters_parse_and_plan_and_vary() {
+        use zt_agent::resource::Resource;
+        let mut kinds = std::collections::BTreeSet::new();
+        for seed in 1..200 {
+            let mut rng = random::Rng::new(seed);
+            let cluster = random::cluster(&mut rng);
+            let policies = random::policies(&mut rng);
+            let resources = resources(&cluster, &policies);
+            let count = resources
+                .iter()
+                .filter(|r| matches!(r, Resource::NetworkPolicy(_)))
+                .count();
+            assert!((1..=3).contains(&count), "seed {seed}: {policies}");
+            for word in [
+                "ipBlock",
+                "endPort",
+                "namespaceSelector",
+                "matchExpressions",
+                "egress",
+            ] {
+                if policies.contains(word) {
+                    kinds.insert(word);
+                }
+            }
+            zt_agent::lab::plan::plan(resources).unwrap();
+        }
+        assert_eq!(kinds.len(), 5, "some constructs never generated: {kinds:?}");
+    }
+
+    #[test]
     fn mismatches_name_each_wrong_flow() {
         use zt_agent::lab::report::Outcome;
         let report = Report {
@@ -205,5 +235,186 @@ mod tests {
         };
         let wrong = mismatches(&report, &|f| !f.to("x", "a"));
         assert_eq!(wrong, ["y/b → x/a UDP/81: expected denied, got allowed"]);
+    }
+}
+
+/// Random clusters for the oracle-checked conformance cases: the same namespaces, pods and ports,
+/// with random extra labels and random policies built from every construct the curated cases use.
+/// Deterministic per seed, so a failure names the seed that reproduces it.
+pub mod random {
+    use std::fmt::Write as _;
+
+    /// xorshift64*: small, seedable, good enough to pick cases.
+    #[derive(Clone, Debug)]
+    pub struct Rng(u64);
+
+    impl Rng {
+        pub fn new(seed: u64) -> Self {
+            Self(seed.max(1))
+        }
+
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        pub fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len())]
+        }
+
+        pub fn chance(&mut self, percent: u64) -> bool {
+            self.next() % 100 < percent
+        }
+    }
+
+    /// Pod labels: the upstream `pod: <name>` plus a random `role`.
+    pub fn pod_labels(rng: &mut Rng) -> impl Fn(&str, &str) -> String + use<> {
+        let roles: Vec<&'static str> = (0..9).map(|_| *rng.pick(&["red", "blue"])).collect();
+        move |ns, pod| {
+            let n = super::NAMESPACES.iter().position(|x| *x == ns).unwrap_or(0) * 3
+                + super::PODS.iter().position(|x| *x == pod).unwrap_or(0);
+            format!("pod: {pod}, role: {}", roles[n])
+        }
+    }
+
+    /// The cluster YAML with random pod roles and namespace `env` labels.
+    pub fn cluster(rng: &mut Rng) -> String {
+        let mut yaml = super::cluster_yaml(pod_labels(rng));
+        for ns in super::NAMESPACES {
+            let env = rng.pick(&["prod", "dev"]);
+            yaml = yaml.replace(
+                &format!("labels: {{ns: {ns}}}"),
+                &format!("labels: {{ns: {ns}, env: {env}}}"),
+            );
+        }
+        yaml
+    }
+
+    fn pod_selector(rng: &mut Rng) -> String {
+        match rng.below(5) {
+            0 => "{}".to_owned(),
+            1 => format!("{{matchLabels: {{pod: {}}}}}", rng.pick(&super::PODS)),
+            2 => format!("{{matchLabels: {{role: {}}}}}", rng.pick(&["red", "blue"])),
+            3 => format!(
+                "{{matchExpressions: [{{key: pod, operator: {}, values: [{}]}}]}}",
+                rng.pick(&["In", "NotIn"]),
+                rng.pick(&["a", "b", "a, c"])
+            ),
+            _ => format!(
+                "{{matchExpressions: [{{key: role, operator: {}}}]}}",
+                rng.pick(&["Exists", "DoesNotExist"])
+            ),
+        }
+    }
+
+    fn namespace_selector(rng: &mut Rng) -> String {
+        match rng.below(4) {
+            0 => "{}".to_owned(),
+            1 => format!("{{matchLabels: {{ns: {}}}}}", rng.pick(&super::NAMESPACES)),
+            2 => format!("{{matchLabels: {{env: {}}}}}", rng.pick(&["prod", "dev"])),
+            _ => format!(
+                "{{matchExpressions: [{{key: ns, operator: NotIn, values: [{}]}}]}}",
+                rng.pick(&super::NAMESPACES)
+            ),
+        }
+    }
+
+    fn peer(rng: &mut Rng) -> String {
+        match rng.below(5) {
+            0 => format!("{{podSelector: {}}}", pod_selector(rng)),
+            1 => format!("{{namespaceSelector: {}}}", namespace_selector(rng)),
+            2 => format!(
+                "{{namespaceSelector: {}, podSelector: {}}}",
+                namespace_selector(rng),
+                pod_selector(rng)
+            ),
+            3 => {
+                let n = rng.below(3) + 1;
+                format!("{{ipBlock: {{cidr: 10.88.0.0/16, except: [10.88.{n}.0/24]}}}}")
+            }
+            _ => {
+                let (n, p) = (rng.below(3) + 1, rng.below(3) + 1);
+                let cidr = if rng.chance(50) {
+                    format!("10.88.{n}.0/24")
+                } else {
+                    format!("10.88.{n}.{p}/32")
+                };
+                format!("{{ipBlock: {{cidr: {cidr}}}}}")
+            }
+        }
+    }
+
+    fn port(rng: &mut Rng) -> &'static str {
+        const PORTS: [&str; 8] = [
+            "{port: 80, protocol: TCP}",
+            "{port: 81}",
+            "{port: 80, protocol: UDP}",
+            "{port: 81, protocol: UDP}",
+            "{port: serve-80-tcp}",
+            "{port: serve-81-udp, protocol: UDP}",
+            "{port: 80, endPort: 81, protocol: TCP}",
+            "{protocol: UDP}",
+        ];
+        *rng.pick(&PORTS)
+    }
+
+    fn rules(rng: &mut Rng, peers_key: &str) -> String {
+        let mut out = String::from("[");
+        for i in 0..rng.below(3) {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            let mut parts = Vec::new();
+            if rng.chance(75) {
+                let peers: Vec<String> = (0..=rng.below(2)).map(|_| peer(rng)).collect();
+                parts.push(format!("{peers_key}: [{}]", peers.join(", ")));
+            }
+            if rng.chance(50) {
+                let ports: Vec<&str> = (0..=rng.below(2)).map(|_| port(rng)).collect();
+                parts.push(format!("ports: [{}]", ports.join(", ")));
+            }
+            let _ = write!(out, "{{{}}}", parts.join(", "));
+        }
+        out.push(']');
+        out
+    }
+
+    /// 1 to 3 random policies.
+    pub fn policies(rng: &mut Rng) -> String {
+        let mut out = String::new();
+        for i in 0..=rng.below(3) {
+            let ns = rng.pick(&super::NAMESPACES);
+            let types = *rng.pick(&[
+                None,
+                Some("[Ingress]"),
+                Some("[Egress]"),
+                Some("[Ingress, Egress]"),
+            ]);
+            let mut spec = format!("podSelector: {}", pod_selector(rng));
+            let (ingress, egress) = match types {
+                None => (true, rng.chance(50)),
+                Some(t) => (t.contains("Ingress"), t.contains("Egress")),
+            };
+            if let Some(types) = types {
+                let _ = write!(spec, ", policyTypes: {types}");
+            }
+            if ingress && rng.chance(80) {
+                let _ = write!(spec, ", ingress: {}", rules(rng, "from"));
+            }
+            if egress && (types.is_none() || rng.chance(80)) {
+                let _ = write!(spec, ", egress: {}", rules(rng, "to"));
+            }
+            let _ = write!(
+                out,
+                "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: random-{i}, namespace: {ns}}}\nspec: {{{spec}}}\n"
+            );
+        }
+        out
     }
 }
