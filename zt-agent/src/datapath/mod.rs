@@ -1,6 +1,7 @@
 //! The datapath as the agent sees it: the kernel object, the desired contents of its maps, and
 //! the ordered writes that move the maps from one state to another without a gap.
 
+pub mod model;
 pub mod plan;
 pub mod state;
 

@@ -1,1 +1,0 @@
-//! Pure compiler: cluster state ─▶ desired datapath state.

@@ -1,0 +1,363 @@
+//! Pure compiler: cluster state ─▶ desired datapath state.
+//!
+//! [`Compiler::update`] compiles the whole [`Index`] into a [`DatapathState`] and returns the
+//! difference from its previous output. Identity numbers and policy refs are kept stable across
+//! updates, so a change to one pod or one policy touches only the entries it affects.
+//!
+//! Identities (see `docs/readme/semantics.md`): a pod address gets the identity of its class —
+//! (namespace, labels, the named ports policies refer to, the ipBlocks containing the address) —
+//! so two addresses share an identity only when every policy predicate treats them alike. Every
+//! ipBlock cidr and except prefix is in the trie; the identity of a prefix is the set of blocks its
+//! longest-match region belongs to.
+
+mod identities;
+pub mod policy;
+pub mod ports;
+pub mod selector;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt,
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use zt_common::{
+    direction,
+    endpoint::{EndpointValue, flags},
+    identity::{ANY, HOST},
+    policy::{PolicyKey, PolicyValue, tuple},
+    proto,
+};
+
+use self::{
+    identities::{Classes, PodClass},
+    policy::{Namespaces, Peer, Policy, Port, Rule},
+};
+use crate::{
+    datapath::{DatapathState, StateDelta},
+    index::Index,
+};
+
+/// Which pods are this agent's endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Locality {
+    /// Every pod with an address (tests, single-node labs).
+    #[default]
+    All,
+    /// Pods whose `spec.nodeName` is this node.
+    Node(String),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub local: Locality,
+    /// This node's addresses: the `HOST` identity.
+    pub host_addrs: Vec<IpAddr>,
+    /// Every endpoint in audit mode: denies are reported, not enforced.
+    pub audit: bool,
+}
+
+/// Bad input that was skipped; the rest of the object is enforced.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Warning {
+    /// `kind namespace/name`.
+    pub object: String,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+#[derive(Default)]
+pub struct Compiler {
+    options: Options,
+    state: DatapathState,
+    classes: Classes,
+    policy_refs: HashMap<String, u32>,
+    policy_names: HashMap<u32, String>,
+    warnings: Vec<Warning>,
+    skipped: u64,
+}
+
+impl Compiler {
+    pub fn new(options: Options) -> Self {
+        Compiler {
+            options,
+            ..Default::default()
+        }
+    }
+
+    /// The state after the last update.
+    pub fn state(&self) -> &DatapathState {
+        &self.state
+    }
+
+    /// `namespace/name` of the policy behind a `PolicyValue::policy_ref`.
+    pub fn policy_name(&self, policy_ref: u32) -> Option<&str> {
+        self.policy_names.get(&policy_ref).map(String::as_str)
+    }
+
+    /// What the last update skipped.
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
+    /// Warnings that appeared, summed over every update (a warning that persists counts once).
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Compiles `index` and returns what changed since the previous update.
+    pub fn update(&mut self, index: &Index) -> StateDelta {
+        let (desired, warnings) = self.compile(index);
+        let delta = self.state.diff(&desired);
+        self.state = desired;
+        let old: HashSet<&Warning> = self.warnings.iter().collect();
+        for w in warnings.iter().filter(|w| !old.contains(w)) {
+            tracing::warn!(object = %w.object, "{}", w.message);
+            self.skipped += 1;
+        }
+        self.warnings = warnings;
+        delta
+    }
+
+    fn compile(&mut self, index: &Index) -> (DatapathState, Vec<Warning>) {
+        let mut warnings = Vec::new();
+        let mut policies: Vec<(String, u32, Policy)> = Vec::with_capacity(index.policies.len());
+        for ((ns, name), info) in &index.policies {
+            let object = format!("networkpolicy {ns}/{name}");
+            let parsed = policy::parse(&info.spec, &mut |message| {
+                warnings.push(Warning {
+                    object: object.clone(),
+                    message,
+                })
+            });
+            let policy_ref = self.policy_ref(ns, name);
+            policies.push((ns.clone(), policy_ref, parsed));
+        }
+
+        let blocks = identities::blocks(policies.iter().map(|(_, _, p)| p));
+        let port_names = identities::port_names(policies.iter().map(|(_, _, p)| p));
+        let world = self
+            .classes
+            .build(index, &blocks, &port_names, &mut warnings);
+
+        let host: HashSet<IpAddr> = self.options.host_addrs.iter().copied().collect();
+        let mut state = DatapathState::default();
+        for (net, id) in &world.prefixes {
+            state.identities.insert(*net, *id);
+        }
+        for (addr, id) in &world.addresses {
+            state.identities.insert(IpNet::from(*addr), *id);
+        }
+        for addr in &host {
+            state.identities.insert(IpNet::from(*addr), HOST);
+        }
+
+        let local: Vec<(IpAddr, u32)> = world
+            .pods
+            .iter()
+            .filter(|p| match &self.options.local {
+                Locality::All => true,
+                Locality::Node(n) => p.node_name.as_deref() == Some(n.as_str()),
+            })
+            .flat_map(|p| p.addresses.iter().copied())
+            .filter(|(addr, _)| !host.contains(addr))
+            .collect();
+
+        let mut resolver = Resolver {
+            world: &world,
+            cache: HashMap::new(),
+        };
+        let mut subjects: BTreeMap<u32, EndpointValue> = BTreeMap::new();
+        for (_, id) in &local {
+            if subjects.contains_key(id) {
+                continue;
+            }
+            let class = &world.classes[id];
+            let mut value = EndpointValue {
+                identity: *id,
+                ..Default::default()
+            };
+            for (i, (ns, policy_ref, p)) in policies.iter().enumerate() {
+                if *ns != class.namespace
+                    || !p.selector.as_ref().is_none_or(|s| s.matches(&class.labels))
+                {
+                    continue;
+                }
+                for (dir, rules) in [
+                    (direction::INGRESS, &p.ingress),
+                    (direction::EGRESS, &p.egress),
+                ] {
+                    let Some(rules) = rules else { continue };
+                    value.flags |= if dir == direction::INGRESS {
+                        flags::INGRESS_ISOLATED
+                    } else {
+                        flags::EGRESS_ISOLATED
+                    };
+                    for (r, rule) in rules.iter().enumerate() {
+                        let peers = resolver.peers(ns, (i, dir, r), rule);
+                        let tuples = emit(
+                            &mut state,
+                            &world,
+                            *id,
+                            class,
+                            dir,
+                            *policy_ref,
+                            peers.as_deref(),
+                            rule,
+                        );
+                        if dir == direction::INGRESS {
+                            value.ingress_tuples |= tuples;
+                        } else {
+                            value.egress_tuples |= tuples;
+                        }
+                    }
+                }
+            }
+            if self.options.audit {
+                value.flags |= flags::AUDIT;
+            }
+            subjects.insert(*id, value);
+        }
+        for (addr, id) in local {
+            state.endpoints.insert(addr, subjects[&id]);
+        }
+        (state, warnings)
+    }
+
+    fn policy_ref(&mut self, ns: &str, name: &str) -> u32 {
+        let full = format!("{ns}/{name}");
+        if let Some(r) = self.policy_refs.get(&full) {
+            return *r;
+        }
+        let r = self.policy_refs.len() as u32 + 1;
+        self.policy_refs.insert(full.clone(), r);
+        self.policy_names.insert(r, full);
+        r
+    }
+}
+
+/// Peer identity sets per rule, computed once per update however many subjects share the rule.
+struct Resolver<'a> {
+    world: &'a identities::World,
+    cache: HashMap<(usize, u8, usize), Option<Vec<u32>>>,
+}
+
+impl Resolver<'_> {
+    fn peers(&mut self, ns: &str, at: (usize, u8, usize), rule: &Rule) -> Option<Vec<u32>> {
+        let world = self.world;
+        self.cache
+            .entry(at)
+            .or_insert_with(|| {
+                let peers = rule.peers.as_ref()?;
+                let mut ids: Vec<u32> = peers.iter().flat_map(|p| world.peer_ids(ns, p)).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                Some(ids)
+            })
+            .clone()
+    }
+}
+
+/// Writes one rule's entries for `subject`; returns the tuple bits they use.
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    state: &mut DatapathState,
+    world: &identities::World,
+    subject: u32,
+    class: &PodClass,
+    dir: u8,
+    policy_ref: u32,
+    peers: Option<&[u32]>,
+    rule: &Rule,
+) -> u64 {
+    let mut bits = 0u64;
+    let mut put = |peer: u32, port: u16, protocol: u8, slot: u32| {
+        let key = PolicyKey {
+            subject,
+            peer,
+            port,
+            protocol,
+            tuple: tuple::key_byte(dir, slot),
+        };
+        let value = state
+            .policy
+            .entry(key)
+            .or_insert(PolicyValue { policy_ref });
+        value.policy_ref = value.policy_ref.min(policy_ref);
+        bits |= tuple::bit(peer == ANY, slot);
+    };
+    let all_peers = [ANY];
+    let peer_list = peers.unwrap_or(&all_peers);
+    let Some(ports) = &rule.ports else {
+        for peer in peer_list {
+            put(*peer, 0, proto::ANY, tuple::ANY_PROTOCOL);
+        }
+        return bits;
+    };
+    for port in ports {
+        match port {
+            Port::Protocol(p) => peer_list.iter().for_each(|peer| put(*peer, 0, *p, 0)),
+            Port::Range(p, lo, hi) => {
+                for (base, prefix) in ports::range_blocks(*lo, *hi) {
+                    peer_list
+                        .iter()
+                        .for_each(|peer| put(*peer, base, *p, prefix));
+                }
+            }
+            Port::Named(p, name) if dir == direction::INGRESS => {
+                for number in class.port_numbers(name, *p) {
+                    peer_list.iter().for_each(|peer| put(*peer, number, *p, 16));
+                }
+            }
+            Port::Named(p, name) => match peers {
+                None => {
+                    for (peer, number) in world.named_port_holders(name, *p) {
+                        put(peer, number, *p, 16);
+                    }
+                }
+                Some(peers) => {
+                    for peer in peers {
+                        let Some(dest) = world.classes.get(peer) else {
+                            continue;
+                        };
+                        for number in dest.port_numbers(name, *p) {
+                            put(*peer, number, *p, 16);
+                        }
+                    }
+                }
+            },
+        }
+    }
+    bits
+}
+
+impl identities::World {
+    fn peer_ids(&self, policy_ns: &str, peer: &Peer) -> Vec<u32> {
+        match peer {
+            Peer::Block(block) => self.block_members.get(block).cloned().unwrap_or_default(),
+            Peer::Pods { namespaces, pods } => {
+                let matching: Vec<&str> = match namespaces {
+                    Namespaces::Own => vec![policy_ns],
+                    Namespaces::Matching(sel) => self
+                        .namespace_labels
+                        .iter()
+                        .filter(|(_, labels)| sel.matches(labels))
+                        .map(|(n, _)| n.as_str())
+                        .collect(),
+                };
+                matching
+                    .into_iter()
+                    .flat_map(|ns| self.classes_by_namespace.get(ns).into_iter().flatten())
+                    .filter(|id| pods.matches(&self.classes[id].labels))
+                    .copied()
+                    .collect()
+            }
+        }
+    }
+}
