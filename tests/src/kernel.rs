@@ -88,8 +88,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// have none).
 pub fn ensure_bpffs() -> anyhow::Result<()> {
     let root = Path::new("/sys/fs/bpf");
-    let is_bpffs =
-        || nix::sys::statfs::statfs(root).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC);
+    let is_bpffs = || nix::sys::statfs::statfs(root).map(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
     if is_bpffs()? {
         return Ok(());
     }
