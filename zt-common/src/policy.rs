@@ -26,7 +26,9 @@
 //! to-pod hook: ingress), local address `L` (source on egress, destination on ingress), peer
 //! address `P`:
 //! 1. Not IPv4 or IPv6 → allow (`ALLOW_NON_IP`): ARP and friends are not NetworkPolicy's business.
-//! 2. Truncated or malformed IP or L4 header → drop (`DROP_MALFORMED`).
+//! 2. Truncated or malformed IP or L4 header → drop (`DROP_MALFORMED`). So are VLAN-tagged
+//!    frames, IPv6 packets with IPv4-mapped addresses (they would borrow an IPv4 pod's identity),
+//!    and IPv6 extension-header chains longer than 6 headers or ending past byte 512.
 //! 3. A non-first IP fragment takes its ports from `zt_frag`, recorded by its first fragment
 //!    (keyed by addresses, fragment id and protocol); no record → drop (`DROP_FRAGMENT_UNKNOWN`).
 //! 4. ICMPv6 neighbour discovery (types 133–137) → allow (`ALLOW_NDP`): IPv6 cannot work without it.
@@ -36,23 +38,25 @@
 //! 6. Endpoint isolated in neither direction → allow (`ALLOW_NOT_ISOLATED`), no conntrack.
 //! 7. Conntrack, one flow entry per direction of admission (see [`crate::conntrack`]):
 //!    a. `(tuple, D)` present → established; `(reversed tuple, !D)` present → reply; an ICMP error
-//!       whose quoted packet's tuple is present as `(quoted tuple, !D)` → related.
+//!    whose quoted packet's tuple is present as `(quoted tuple, !D)` → related.
 //!    b. If the entry's revision is the current `config.policy_revision`, allow
-//!       (`ALLOW_CT_ESTABLISHED` / `ALLOW_CT_REPLY` / `ALLOW_CT_RELATED`).
+//!    (`ALLOW_CT_ESTABLISHED` / `ALLOW_CT_REPLY` / `ALLOW_CT_RELATED`).
 //!    c. Otherwise re-run step 8 for the flow as it was admitted (its key's tuple and direction):
-//!       still allowed → refresh the revision and allow; denied → delete the entry and drop
-//!       (`DROP_REVOKED`), or in audit mode allow with an `AUDITED` event.
+//!    still allowed → refresh the revision and allow; denied → delete the entry and drop
+//!    (`DROP_REVOKED`), or in audit mode refresh it, flag it `AUDITED` and allow
+//!    (`ALLOW_AUDIT`) with an `AUDITED` event.
 //! 8. Policy, for direction `D`:
 //!    a. `D` not isolated for the endpoint → allow (`ALLOW_NOT_ISOLATED`);
 //!    b. peer identity = longest-prefix match of `P` in the family's trie, else `WORLD`;
-//!       `HOST` → allow (`ALLOW_HOST`);
+//!    `HOST` → allow (`ALLOW_HOST`);
 //!    c. for each slot in the endpoint's tuple set for `D`, look up the key built from
-//!       (subject, peer or ANY, masked destination port or 0, protocol or ANY, D | prefix);
-//!       any hit → allow (`ALLOW_POLICY`, the entry's `policy_ref` in the event);
+//!    (subject, peer or ANY, masked destination port or 0, protocol or ANY, D | prefix);
+//!    any hit → allow (`ALLOW_POLICY`, the entry's `policy_ref` in the event);
 //!    d. no hit → drop (`DROP_POLICY_INGRESS` / `DROP_POLICY_EGRESS`), or, for an endpoint in
-//!       audit mode, allow (`ALLOW_AUDIT`) with an `AUDITED` event.
-//! 9. A new flow allowed in step 8 is recorded in conntrack as `(tuple, D)` with the current
-//!    revision, and publishes a `NEW_FLOW` event (`AUDITED` for step 8d).
+//!    audit mode, allow (`ALLOW_AUDIT`) with an `AUDITED` event.
+//! 9. A new flow allowed in step 8 (8a and 8b included, so replies into an isolated direction
+//!    pass; 8d in audit mode flagged `AUDITED`) is recorded in conntrack as `(tuple, D)` with the
+//!    current revision, and publishes a `NEW_FLOW` event (`AUDITED` for step 8d).
 //!
 //! The policy port is the packet's destination port for TCP, UDP and SCTP and 0 for every other
 //! protocol; ICMP echo flows use the echo identifier as both conntrack ports.
