@@ -4,4 +4,5 @@ pub mod apiserver;
 pub mod bench;
 pub mod kernel;
 pub mod lab_support;
+pub mod oracle;
 pub mod packet;

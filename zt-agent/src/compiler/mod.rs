@@ -199,6 +199,12 @@ impl Compiler {
                     } else {
                         flags::EGRESS_ISOLATED
                     };
+                    // An invalid podSelector isolates the namespace but grants nothing.
+                    let rules = if p.selector.is_some() {
+                        rules.as_slice()
+                    } else {
+                        &[]
+                    };
                     for (r, rule) in rules.iter().enumerate() {
                         let peers = resolver.peers(ns, (i, dir, r), rule);
                         let tuples = emit(
