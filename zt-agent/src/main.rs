@@ -6,7 +6,7 @@ use zt_agent::cli::{Cli, Command};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => zt_agent::runtime::run(args),
+        Command::Run(args) => Ok(zt_agent::runtime::run(args)?),
         Command::Lab(command) => Ok(zt_agent::lab::main(command)?),
     }
 }

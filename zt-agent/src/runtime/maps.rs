@@ -1,0 +1,210 @@
+//! Map sync: reads the agent-owned maps back into a [`DatapathState`] and applies
+//! [`MapWrite`]s in the order `datapath::plan` gives them.
+//!
+//! Reading back is what makes restarts safe: a restarted agent diffs its desired state against
+//! what the kernel really holds, so it writes only the difference and removes only stale entries.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, Map, MapError, PerCpuArray, lpm_trie::Key as LpmKey},
+};
+use ipnet::IpNet;
+use zt_common::{
+    Addr,
+    config::{self, Config},
+    endpoint::{EndpointKey, EndpointValue},
+    identity::IdentityValue,
+    ipv4_mapped, names,
+    policy::{PolicyKey, PolicyValue},
+    reason,
+};
+
+use crate::{
+    datapath::{DatapathState, MapWrite, Op},
+    error::{Error, Result},
+};
+
+fn map<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Map> {
+    ebpf.map(name)
+        .ok_or_else(|| Error::Ebpf(format!("the object has no map {name}")))
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| Error::Ebpf(format!("the object has no map {name}")))
+}
+
+fn ebpf_err(name: &str) -> impl Fn(MapError) -> Error + '_ {
+    move |e| Error::Ebpf(format!("{name}: {e}"))
+}
+
+pub fn addr_of(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+pub fn ip_of(addr: Addr) -> IpAddr {
+    let v6 = Ipv6Addr::from(addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// What the kernel maps hold now.
+pub fn read_state(ebpf: &Ebpf) -> Result<DatapathState> {
+    let mut state = DatapathState::default();
+    let endpoints: HashMap<_, EndpointKey, EndpointValue> =
+        HashMap::try_from(map(ebpf, names::MAP_ENDPOINTS)?)
+            .map_err(ebpf_err(names::MAP_ENDPOINTS))?;
+    for entry in endpoints.iter() {
+        let (k, v) = entry.map_err(ebpf_err(names::MAP_ENDPOINTS))?;
+        state.endpoints.insert(ip_of(k.addr), v);
+    }
+    let policy: HashMap<_, PolicyKey, PolicyValue> =
+        HashMap::try_from(map(ebpf, names::MAP_POLICY)?).map_err(ebpf_err(names::MAP_POLICY))?;
+    for entry in policy.iter() {
+        let (k, v) = entry.map_err(ebpf_err(names::MAP_POLICY))?;
+        state.policy.insert(k, v);
+    }
+    let v4: LpmTrie<_, [u8; 4], IdentityValue> =
+        LpmTrie::try_from(map(ebpf, names::MAP_IDENTITY_V4)?)
+            .map_err(ebpf_err(names::MAP_IDENTITY_V4))?;
+    for entry in v4.iter() {
+        let (k, v) = entry.map_err(ebpf_err(names::MAP_IDENTITY_V4))?;
+        let net = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
+            .map_err(|e| Error::Ebpf(format!("{}: {e}", names::MAP_IDENTITY_V4)))?;
+        state.identities.insert(net, v.identity);
+    }
+    let v6: LpmTrie<_, [u8; 16], IdentityValue> =
+        LpmTrie::try_from(map(ebpf, names::MAP_IDENTITY_V6)?)
+            .map_err(ebpf_err(names::MAP_IDENTITY_V6))?;
+    for entry in v6.iter() {
+        let (k, v) = entry.map_err(ebpf_err(names::MAP_IDENTITY_V6))?;
+        let net = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
+            .map_err(|e| Error::Ebpf(format!("{}: {e}", names::MAP_IDENTITY_V6)))?;
+        state.identities.insert(net, v.identity);
+    }
+    Ok(state)
+}
+
+/// Applies `writes` in order; stops at the first failure (the caller re-reads the maps then).
+pub fn apply(ebpf: &mut Ebpf, writes: &[MapWrite]) -> Result<()> {
+    for write in writes {
+        apply_one(ebpf, write)?;
+    }
+    Ok(())
+}
+
+fn apply_one(ebpf: &mut Ebpf, write: &MapWrite) -> Result<()> {
+    match *write {
+        MapWrite::Policy(key, op) => {
+            let name = names::MAP_POLICY;
+            let mut m: HashMap<_, PolicyKey, PolicyValue> =
+                HashMap::try_from(map_mut(ebpf, name)?).map_err(ebpf_err(name))?;
+            match op {
+                Op::Upsert(v) => m.insert(key, v, 0),
+                Op::Delete => ignore_missing(m.remove(&key)),
+            }
+            .map_err(ebpf_err(name))
+        }
+        MapWrite::Endpoint(ip, op) => {
+            let name = names::MAP_ENDPOINTS;
+            let mut m: HashMap<_, EndpointKey, EndpointValue> =
+                HashMap::try_from(map_mut(ebpf, name)?).map_err(ebpf_err(name))?;
+            let key = EndpointKey { addr: addr_of(ip) };
+            match op {
+                Op::Upsert(v) => m.insert(key, v, 0),
+                Op::Delete => ignore_missing(m.remove(&key)),
+            }
+            .map_err(ebpf_err(name))
+        }
+        MapWrite::Identity(IpNet::V4(net), op) => {
+            let name = names::MAP_IDENTITY_V4;
+            let mut m: LpmTrie<_, [u8; 4], IdentityValue> =
+                LpmTrie::try_from(map_mut(ebpf, name)?).map_err(ebpf_err(name))?;
+            let key = LpmKey::new(net.prefix_len().into(), net.network().octets());
+            match op {
+                Op::Upsert(identity) => m.insert(&key, IdentityValue { identity }, 0),
+                Op::Delete => ignore_missing(m.remove(&key)),
+            }
+            .map_err(ebpf_err(name))
+        }
+        MapWrite::Identity(IpNet::V6(net), op) => {
+            let name = names::MAP_IDENTITY_V6;
+            let mut m: LpmTrie<_, [u8; 16], IdentityValue> =
+                LpmTrie::try_from(map_mut(ebpf, name)?).map_err(ebpf_err(name))?;
+            let key = LpmKey::new(net.prefix_len().into(), net.network().octets());
+            match op {
+                Op::Upsert(identity) => m.insert(&key, IdentityValue { identity }, 0),
+                Op::Delete => ignore_missing(m.remove(&key)),
+            }
+            .map_err(ebpf_err(name))
+        }
+        MapWrite::BumpRevision => {
+            let mut config = read_config(ebpf)?;
+            config.policy_revision = config.policy_revision.wrapping_add(1);
+            write_config(ebpf, config)
+        }
+    }
+}
+
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+pub fn read_config(ebpf: &Ebpf) -> Result<Config> {
+    let name = names::MAP_CONFIG;
+    let m: Array<_, Config> = Array::try_from(map(ebpf, name)?).map_err(ebpf_err(name))?;
+    m.get(&0, 0).map_err(ebpf_err(name))
+}
+
+pub fn write_config(ebpf: &mut Ebpf, config: Config) -> Result<()> {
+    let name = names::MAP_CONFIG;
+    let mut m: Array<_, Config> = Array::try_from(map_mut(ebpf, name)?).map_err(ebpf_err(name))?;
+    m.set(0, config, 0).map_err(ebpf_err(name))
+}
+
+/// Sets the agent's knobs, keeping the policy revision the maps already carry.
+pub fn configure(ebpf: &mut Ebpf, fail_open: bool) -> Result<Config> {
+    let mut config = read_config(ebpf)?;
+    config.event_mask = config::event_mask::ALL;
+    config.flags = if fail_open {
+        0
+    } else {
+        config::flags::FAIL_CLOSED
+    };
+    write_config(ebpf, config)?;
+    Ok(config)
+}
+
+/// Every reason counter, summed over CPUs.
+pub fn counters(ebpf: &Ebpf) -> Result<[u64; reason::COUNT as usize]> {
+    let name = names::MAP_COUNTERS;
+    let m: PerCpuArray<_, u64> = PerCpuArray::try_from(map(ebpf, name)?).map_err(ebpf_err(name))?;
+    let mut out = [0; reason::COUNT as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = m.get(&(i as u32), 0).map_err(ebpf_err(name))?.iter().sum();
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_through_the_map_form() {
+        for ip in ["10.1.2.3", "::1", "fd00::5", "0.0.0.0"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_of(addr_of(ip)), ip);
+        }
+    }
+}

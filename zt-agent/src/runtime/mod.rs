@@ -1,0 +1,425 @@
+//! `zt-agent run`: everything that touches the kernel or the API server.
+//!
+//! ```text
+//!  source (kube | dir) ──events──▶ control loop ──▶ index ─▶ compiler ─▶ desired state
+//!                                       │                                     │ + ifindex from
+//!                                       │  iface: host-side interface per pod ┘   the attach manager
+//!                                       ├─▶ maps: plan(applied, desired − applied) ─▶ map writes
+//!                                       └─▶ attach: TCX pair per pod interface, pinned
+//!  events: zt_events ring buffer ─▶ logs + metrics        serve: /healthz /readyz /metrics
+//! ```
+//! One task, the control loop, owns the index, the compiler, the maps and the links; it turns on
+//! every source change and at least once a second (interfaces appear without any source change).
+//!
+//! Restart without a gap: maps are pinned under `<pin_root>/maps`, links under `<pin_root>/links`.
+//! At start the agent reads the maps back into its `applied` state and adopts the links, then
+//! changes **nothing** until every source has synced; its first sync then writes only the
+//! difference and removes only what is stale. Shutdown (SIGTERM, SIGINT) leaves pins, links and
+//! maps in place: enforcement goes on while no agent runs.
+
+pub mod attach;
+pub mod events;
+pub mod iface;
+pub mod loader;
+pub mod maps;
+pub mod metrics;
+pub mod serve;
+pub mod source;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use aya::maps::RingBuf;
+use prometheus_client::registry::Registry;
+use tokio::{signal::unix::SignalKind, sync::mpsc};
+use zt_common::names;
+
+use self::{
+    attach::Attacher,
+    iface::{Discovery, HostIf},
+    loader::Loaded,
+    metrics::{Health, MapLabel, Metrics},
+    source::Source,
+};
+use crate::{
+    cli::RunArgs,
+    compiler::{Compiler, Locality, Options},
+    datapath::{self, DatapathState},
+    error::{Error, Result},
+    index::Index,
+    resource::{Kind, SourceEvent},
+};
+
+/// How often the control loop turns without source changes (interface discovery, counters).
+const TICK: Duration = Duration::from_secs(1);
+/// How often a `dir:` source looks at its folder.
+const DIR_POLL: Duration = Duration::from_millis(250);
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(args: RunArgs) -> Result<()> {
+    init_tracing();
+    let source = Source::parse(&args.source)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Other(format!("starting the async runtime: {e}")))?
+        .block_on(agent(args, source))
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if std::env::var("ZT_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn agent(args: RunArgs, source: Source) -> Result<()> {
+    let locality = match (&source, &args.node_name) {
+        (_, Some(node)) => Locality::Node(node.clone()),
+        (Source::Dir(_), None) => Locality::All,
+        (Source::Kube, None) => {
+            return Err(Error::Other(
+                "--source kube needs --node-name (or NODE_NAME) to know which pods are local"
+                    .into(),
+            ));
+        }
+    };
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let health = Arc::new(Health::default());
+    health.set(Some("starting".into()));
+    health.beat();
+
+    let mut loaded = Loaded::load(&args.pin_root)?;
+    let config = maps::configure(&mut loaded.ebpf, args.fail_open)?;
+    let applied = maps::read_state(&loaded.ebpf)?;
+    tracing::info!(
+        pin_root = %args.pin_root.display(),
+        endpoints = applied.endpoints.len(),
+        identities = applied.identities.len(),
+        policy = applied.policy.len(),
+        revision = config.policy_revision,
+        fail_closed = !args.fail_open,
+        "loaded the datapath; adopting what the maps hold"
+    );
+    let links = iface::list_links()?;
+    let mut attacher = Attacher::new(&loaded.links_dir);
+    let config_map_id = loaded.config_map_id()?;
+    attacher.adopt(&mut loaded.ebpf, config_map_id, &live(&links));
+
+    let host_addrs: Vec<IpAddr> = links
+        .iter()
+        .flat_map(|l| l.addresses().collect::<Vec<_>>())
+        .collect();
+    let compiler = Compiler::new(Options {
+        local: locality,
+        host_addrs,
+        audit: args.audit,
+    });
+
+    let (tx, rx) = mpsc::channel::<SourceEvent>(1024);
+    match source {
+        Source::Dir(dir) => {
+            tracing::info!(dir = %dir.display(), "following a folder of manifests");
+            tokio::task::spawn_blocking(move || source::dir::follow(dir, tx, DIR_POLL));
+        }
+        Source::Kube => {
+            let client = ::kube::Client::try_default().await.map_err(|e| {
+                Error::Other(format!(
+                    "no Kubernetes client (in-cluster config or KUBECONFIG): {e}"
+                ))
+            })?;
+            let source_metrics = source::kube::Metrics::register(&mut registry);
+            tokio::spawn(async move {
+                if let Err(error) = source::kube::run(client, tx, source_metrics).await {
+                    tracing::error!(%error, "the kube source stopped");
+                }
+            });
+        }
+    }
+
+    let names: events::Names = Arc::default();
+    let ring = loaded
+        .ebpf
+        .take_map(names::MAP_EVENTS)
+        .ok_or_else(|| Error::Ebpf(format!("the object has no map {}", names::MAP_EVENTS)))
+        .and_then(|m| {
+            RingBuf::try_from(m).map_err(|e| Error::Ebpf(format!("{}: {e}", names::MAP_EVENTS)))
+        })?;
+    tokio::spawn(events::follow(ring, names.clone(), metrics.clone()));
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Error::Other(format!("listening on {}: {e}", args.listen)))?;
+    tracing::info!(listen = %args.listen, "serving /healthz /readyz /metrics");
+    tokio::spawn(serve::serve(listener, Arc::new(registry), health.clone()));
+
+    let mut control = Control {
+        loaded,
+        attacher,
+        discovery: Discovery::default(),
+        index: Index::default(),
+        compiler,
+        applied,
+        reread: false,
+        synced: BTreeSet::new(),
+        synced_once: false,
+        names,
+        metrics,
+        health,
+    };
+    control.run(rx).await;
+    tracing::info!("stopped; programs, links and maps stay in place and keep enforcing");
+    Ok(())
+}
+
+fn live(links: &[iface::Link]) -> BTreeMap<u32, String> {
+    links
+        .iter()
+        .map(|l| (l.ifindex, l.ifname.clone()))
+        .collect()
+}
+
+struct Control {
+    loaded: Loaded,
+    attacher: Attacher,
+    discovery: Discovery,
+    index: Index,
+    compiler: Compiler,
+    /// What the kernel maps hold (read back at start, then kept in step with every write).
+    applied: DatapathState,
+    /// A write failed: re-read the maps before the next diff.
+    reread: bool,
+    /// Kinds whose first full list arrived.
+    synced: BTreeSet<Kind>,
+    synced_once: bool,
+    names: events::Names,
+    metrics: Metrics,
+    health: Arc<Health>,
+}
+
+impl Control {
+    async fn run(&mut self, mut rx: mpsc::Receiver<SourceEvent>) {
+        let (Ok(mut term), Ok(mut int)) = (
+            tokio::signal::unix::signal(SignalKind::terminate()),
+            tokio::signal::unix::signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot handle signals");
+            return;
+        };
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changed = false;
+        loop {
+            tokio::select! {
+                event = rx.recv() => match event {
+                    Some(event) => {
+                        changed |= self.take(event);
+                        // Drain what is queued, so a burst (the kube source's first lists) is one sync.
+                        while let Ok(event) = rx.try_recv() {
+                            changed |= self.take(event);
+                        }
+                    }
+                    None => {
+                        tracing::error!("the source stopped; enforcement stays as it is");
+                        rx = mpsc::channel(1).1;
+                        continue;
+                    }
+                },
+                _ = tick.tick() => {}
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+            self.health.beat();
+            self.turn(changed);
+            if changed {
+                self.metrics.source_changes.inc();
+                changed = false;
+            }
+        }
+    }
+
+    fn take(&mut self, event: SourceEvent) -> bool {
+        if let SourceEvent::Reset { kind, .. } = &event {
+            self.synced.insert(*kind);
+        }
+        self.index.handle(event)
+    }
+
+    fn all_synced(&self) -> bool {
+        self.synced.len() == 3
+    }
+
+    /// One turn: compile when the index changed, find interfaces, sync maps, attach, detach.
+    fn turn(&mut self, changed: bool) {
+        if let Ok(counters) = maps::counters(&self.loaded.ebpf) {
+            self.metrics.set_packets(&counters);
+        }
+        if !self.all_synced() {
+            self.health
+                .set(Some("waiting for the source's first full list".into()));
+            return;
+        }
+        if changed || !self.synced_once {
+            let before = self.compiler.skipped_total();
+            self.compiler.update(&self.index);
+            self.metrics
+                .compile_warnings
+                .inc_by(self.compiler.skipped_total() - before);
+            self.refresh_names();
+        }
+        let links = match iface::list_links() {
+            Ok(links) => links,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list interfaces");
+                self.health
+                    .set(Some(format!("cannot list interfaces: {error}")));
+                return;
+            }
+        };
+        let wanted: BTreeSet<IpAddr> = self.compiler.state().endpoints.keys().copied().collect();
+        let found = self.discovery.resolve(&wanted, &links);
+
+        // Maps first, so a pod's entry exists before its interface starts enforcing (with
+        // FAIL_CLOSED an attached interface drops addresses it does not know).
+        let synced = self.sync(&found);
+        let mut unattached = wanted.len() - found.len();
+        let mut attach_failed = 0;
+        let needed: BTreeMap<u32, &HostIf> = found.values().map(|h| (h.ifindex, h)).collect();
+        for host in needed.values() {
+            if let Err(error) = self.attacher.attach(&mut self.loaded.ebpf, host) {
+                self.metrics.attach_errors.inc();
+                tracing::warn!(%error, ifname = host.ifname, "cannot attach");
+                attach_failed += 1;
+            }
+        }
+        for ifindex in self.attacher.ifindexes() {
+            if !needed.contains_key(&ifindex) {
+                self.attacher.detach(ifindex);
+            }
+        }
+        unattached += found
+            .values()
+            .filter(|h| !self.attacher.is_attached(h.ifindex))
+            .count();
+        self.synced_once |= synced;
+
+        self.metrics.local_endpoints.set(wanted.len() as i64);
+        self.metrics.unattached_endpoints.set(unattached as i64);
+        self.metrics
+            .attached_interfaces
+            .set(self.attacher.len() as i64);
+        let why_not = if !synced {
+            Some("the last map sync failed".to_owned())
+        } else if attach_failed > 0 {
+            Some(format!("{attach_failed} interfaces failed to attach"))
+        } else if unattached > 0 {
+            let missing: Vec<String> = wanted
+                .iter()
+                .filter(|a| !found.contains_key(a))
+                .take(5)
+                .map(|a| self.pod_name(a))
+                .collect();
+            Some(format!(
+                "{unattached} local pod addresses have no interface yet ({})",
+                missing.join(", ")
+            ))
+        } else {
+            None
+        };
+        self.metrics.ready.set(i64::from(why_not.is_none()));
+        self.health.set(why_not);
+    }
+
+    /// Writes the difference between the compiled state (endpoints with a found interface, their
+    /// ifindex filled in) and what the maps hold. `false` when a write failed.
+    fn sync(&mut self, found: &BTreeMap<IpAddr, HostIf>) -> bool {
+        if std::mem::take(&mut self.reread) {
+            match maps::read_state(&self.loaded.ebpf) {
+                Ok(state) => self.applied = state,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the maps back");
+                    self.reread = true;
+                    return false;
+                }
+            }
+        }
+        let mut desired = self.compiler.state().clone();
+        desired
+            .endpoints
+            .retain(|addr, value| match found.get(addr) {
+                Some(host) => {
+                    value.ifindex = host.ifindex;
+                    true
+                }
+                // No interface, no entry: an address without one must not pass the spoof check.
+                None => false,
+            });
+        let delta = self.applied.diff(&desired);
+        if delta.is_empty() {
+            return true;
+        }
+        let writes = datapath::plan(&self.applied, &delta);
+        let result = maps::apply(&mut self.loaded.ebpf, &writes);
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    endpoints = delta.endpoints.len(),
+                    identities = delta.identities.len(),
+                    policy = delta.policy.len(),
+                    writes = writes.len(),
+                    "synced the maps"
+                );
+                self.applied = desired;
+                self.metrics.syncs.inc();
+                self.metrics.sync_writes.inc_by(writes.len() as u64);
+                for (map, n) in [
+                    ("endpoints", self.applied.endpoints.len()),
+                    ("identities", self.applied.identities.len()),
+                    ("policy", self.applied.policy.len()),
+                ] {
+                    self.metrics
+                        .map_entries
+                        .get_or_create(&MapLabel { map: map.into() })
+                        .set(n as i64);
+                }
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "map sync failed; re-reading the maps and retrying");
+                self.metrics.sync_errors.inc();
+                self.reread = true;
+                false
+            }
+        }
+    }
+
+    fn refresh_names(&self) {
+        let mut names: HashMap<IpAddr, String> = HashMap::new();
+        for ((ns, name), pod) in &self.index.pods {
+            for ip in &pod.ips {
+                names.insert(*ip, format!("{ns}/{name}"));
+            }
+        }
+        *self.names.write().unwrap_or_else(|e| e.into_inner()) = names;
+    }
+
+    fn pod_name(&self, addr: &IpAddr) -> String {
+        self.names
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(addr)
+            .cloned()
+            .unwrap_or_else(|| addr.to_string())
+    }
+}
