@@ -1,0 +1,591 @@
+//! `zt-agent run --source dir:…` as the DaemonSet runs it, against real network namespaces and
+//! real packets: a node namespace (the agent runs in it through `nsenter --net`) and three pods
+//! `a`, `b`, `c`, each a namespace with a veth whose host end is in the node namespace.
+//!
+//! Layouts: **routed** (a /32 route per pod to its veth, as kindnet and Calico do) and **bridged**
+//! (veths enslaved to a bridge with the pods' gateway address, as the CNI bridge plugin and
+//! flannel do). `a` serves TCP echo on 8080; the policy lets `b` in and keeps `c` out.
+//!
+//! Needs root and the agent binary: run `cargo build -p zt-agent` first (`cargo xtask test` does).
+//! Every kernel object is named `ztrt*`, created by the test and removed on drop, also on failure.
+//! Tests hold a lock, so they never overlap.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use aya::maps::{HashMap, Map, MapData};
+use zt_agent::lab::{agent, net::Netns};
+use zt_common::{
+    endpoint::{EndpointKey, EndpointValue},
+    names,
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+const PORT: u16 = 8080;
+const CONNECT: Duration = Duration::from_millis(600);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Routed,
+    Bridged,
+}
+
+fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run("ip", args)
+}
+
+/// Network namespaces and a pin root, all removed on drop (deleting a namespace deletes its veths,
+/// which detaches the programs; removing the pins frees links and maps).
+struct Cleanup {
+    netns: Vec<String>,
+    pin_root: PathBuf,
+    manifests: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for ns in self.netns.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+        let _ = std::fs::remove_dir_all(&self.manifests);
+    }
+}
+
+struct Pod {
+    name: &'static str,
+    addr: Ipv4Addr,
+    netns: Netns,
+    host_if: String,
+}
+
+struct Lab {
+    pods: Vec<Pod>,
+    node: Netns,
+    // Declared last: dropped after the namespaces' handles.
+    cleanup: Cleanup,
+}
+
+impl Lab {
+    fn new(layout: Layout) -> anyhow::Result<Self> {
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let node_name = format!("ztrt-n-{id}");
+        let mut cleanup = Cleanup {
+            netns: vec![node_name.clone()],
+            pin_root: PathBuf::from(format!("/sys/fs/bpf/ztrt-{id}")),
+            manifests: std::env::temp_dir().join(format!("ztrt-m-{id}")),
+        };
+        std::fs::create_dir_all(&cleanup.manifests)?;
+        ip(&["netns", "add", &node_name])?;
+        ip(&["-n", &node_name, "link", "set", "lo", "up"])?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &node_name,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
+        let (subnet, gateway) = match layout {
+            Layout::Routed => ([10, 231, 0], "169.254.1.1"),
+            Layout::Bridged => ([10, 232, 0], "10.232.0.1"),
+        };
+        if layout == Layout::Bridged {
+            ip(&["-n", &node_name, "link", "add", "ztrtbr", "type", "bridge"])?;
+            ip(&[
+                "-n",
+                &node_name,
+                "addr",
+                "add",
+                "10.232.0.1/24",
+                "dev",
+                "ztrtbr",
+            ])?;
+            ip(&["-n", &node_name, "link", "set", "ztrtbr", "up"])?;
+        }
+        let mut pods = Vec::new();
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            let addr = Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 2 + i as u8);
+            let ns = format!("ztrt-{name}-{id}");
+            cleanup.netns.push(ns.clone());
+            let host_if = format!("ztrt{name}");
+            let (host_mac, pod_mac) = (
+                format!("02:7b:00:0{i}:00:01"),
+                format!("02:7b:00:0{i}:00:02"),
+            );
+            ip(&["netns", "add", &ns])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n", &node_name, "link", "add", &host_if, "address", &host_mac, "type", "veth",
+                "peer", "name", "eth0", "address", &pod_mac, "netns", &ns,
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &node_name, "link", "set", &host_if, "up"])?;
+            let a = addr.to_string();
+            match layout {
+                Layout::Routed => {
+                    ip(&["-n", &ns, "addr", "add", &format!("{a}/32"), "dev", "eth0"])?;
+                    ip(&["-n", &ns, "route", "add", gateway, "dev", "eth0"])?;
+                    ip(&[
+                        "-n",
+                        &ns,
+                        "neigh",
+                        "replace",
+                        gateway,
+                        "lladdr",
+                        &host_mac,
+                        "dev",
+                        "eth0",
+                        "nud",
+                        "permanent",
+                    ])?;
+                    ip(&[
+                        "-n",
+                        &node_name,
+                        "route",
+                        "add",
+                        &format!("{a}/32"),
+                        "dev",
+                        &host_if,
+                    ])?;
+                    ip(&[
+                        "-n",
+                        &node_name,
+                        "neigh",
+                        "replace",
+                        &a,
+                        "lladdr",
+                        &pod_mac,
+                        "dev",
+                        &host_if,
+                        "nud",
+                        "permanent",
+                    ])?;
+                }
+                Layout::Bridged => {
+                    ip(&["-n", &ns, "addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
+                    ip(&[
+                        "-n", &node_name, "link", "set", &host_if, "master", "ztrtbr",
+                    ])?;
+                }
+            }
+            ip(&[
+                "-n", &ns, "route", "add", "default", "via", gateway, "dev", "eth0",
+            ])?;
+            pods.push(Pod {
+                name,
+                addr,
+                netns: Netns::open(&ns)?,
+                host_if,
+            });
+        }
+        Ok(Self {
+            pods,
+            node: Netns::open(&node_name)?,
+            cleanup,
+        })
+    }
+
+    fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .expect("a pod of the lab")
+    }
+
+    /// Writes the manifests: the namespace, the pods `present`, and a policy on `a` letting in
+    /// the pods labelled `app=<allowed>` on TCP 8080.
+    fn write(&self, present: &[&str], allowed: &str) -> anyhow::Result<()> {
+        let mut text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: ztrt}\n".to_owned();
+        for pod in self.pods.iter().filter(|p| present.contains(&p.name)) {
+            text += &format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {n}, namespace: ztrt, labels: {{app: {n}}}}}\n\
+                 spec: {{containers: [{{name: c, image: x, ports: [{{containerPort: {PORT}}}]}}]}}\n\
+                 status: {{phase: Running, podIP: {a}}}\n",
+                n = pod.name,
+                a = pod.addr
+            );
+        }
+        text += &format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: a-in, namespace: ztrt}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: a}}}}\n  policyTypes: [Ingress]\n  ingress:\n\
+             \x20 - from: [{{podSelector: {{matchLabels: {{app: {allowed}}}}}}}]\n    ports: [{{protocol: TCP, port: {PORT}}}]\n"
+        );
+        // Write then rename, as a ConfigMap update or an editor does.
+        let tmp = self.cleanup.manifests.join(".lab.yaml.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.cleanup.manifests.join("lab.yaml"))?;
+        Ok(())
+    }
+
+    fn start_agent(&self) -> anyhow::Result<AgentProcess> {
+        let binary = agent::binary()?;
+        let log = self.cleanup.manifests.with_extension("log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.node.name))
+            .arg(binary)
+            .args(["run", "--source"])
+            .arg(format!("dir:{}", self.cleanup.manifests.display()))
+            .arg("--pin-root")
+            .arg(&self.cleanup.pin_root)
+            .args(["--listen", agent::LISTEN])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting the agent")?;
+        let mut agent = AgentProcess { child, log };
+        agent.wait_ready(&self.node)?;
+        Ok(agent)
+    }
+
+    /// Starts a TCP echo server in `a`; it runs until the test process ends.
+    fn serve(&self) -> anyhow::Result<()> {
+        let listener = self
+            .pod("a")
+            .netns
+            .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)))??;
+        thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                thread::spawn(move || {
+                    let mut reader = BufReader::new(conn);
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                        if reader.get_mut().write_all(line.as_bytes()).is_err() {
+                            return;
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// A connection from `from` to `a`'s echo server, if the handshake completes.
+    fn connect(&self, from: &str) -> Option<Echo> {
+        let to = SocketAddr::new(IpAddr::V4(self.pod("a").addr), PORT);
+        let stream = self
+            .pod(from)
+            .netns
+            .run(|| TcpStream::connect_timeout(&to, CONNECT))
+            .ok()?
+            .ok()?;
+        stream.set_read_timeout(Some(CONNECT)).ok()?;
+        Some(Echo(BufReader::new(stream)))
+    }
+
+    /// Whether `from` can open a connection to `a` and get an echo back.
+    fn reaches(&self, from: &str) -> bool {
+        self.connect(from).is_some_and(|mut e| e.echo())
+    }
+
+    /// Polls until `from` reaching `a` is `expected`.
+    fn wait_reach(&self, from: &str, expected: bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.reaches(from) == expected {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn pinned_endpoints(&self) -> anyhow::Result<Vec<(IpAddr, EndpointValue)>> {
+        let path = self
+            .cleanup
+            .pin_root
+            .join("maps")
+            .join(names::MAP_ENDPOINTS);
+        let map = Map::HashMap(MapData::from_pin(&path)?);
+        let map: HashMap<_, EndpointKey, EndpointValue> = HashMap::try_from(map)?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (k, v) = entry?;
+            let addr = std::net::Ipv6Addr::from(k.addr);
+            out.push((
+                addr.to_ipv4_mapped().map_or(IpAddr::V6(addr), IpAddr::V4),
+                v,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn link_pins(&self) -> Vec<String> {
+        let mut pins: Vec<String> = std::fs::read_dir(self.cleanup.pin_root.join("links"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        pins.sort();
+        pins
+    }
+
+    fn ifindex(&self, pod: &str) -> anyhow::Result<u32> {
+        let host_if = &self.pod(pod).host_if;
+        Ok(self
+            .node
+            .run(|| nix::net::if_::if_nametoindex(host_if.as_str()))??)
+    }
+}
+
+struct Echo(BufReader<TcpStream>);
+
+impl Echo {
+    fn echo(&mut self) -> bool {
+        if self.0.get_mut().write_all(b"ping\n").is_err() {
+            return false;
+        }
+        let mut line = String::new();
+        self.0.read_line(&mut line).is_ok() && line == "ping\n"
+    }
+}
+
+/// The agent process (`nsenter` execs it, so the pid is the agent's); killed on drop.
+struct AgentProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    fn wait_ready(&mut self, node: &Netns) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if agent::get(node, "/readyz").is_some_and(|(status, _)| status == 200) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the agent exited ({status}):\n{}", self.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!("the agent was not ready in 30 s:\n{}", self.log_tail());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn terminate(mut self) -> anyhow::Result<()> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait()?.is_none() {
+            ensure!(Instant::now() < deadline, "the agent ignored SIGTERM");
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn metric(node: &Netns, name: &str) -> Option<f64> {
+    let (_, body) = agent::get(node, "/metrics")?;
+    body.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn enforces_and_follows_changes(layout: Layout) -> anyhow::Result<()> {
+    let lab = Lab::new(layout)?;
+    lab.serve()?;
+    lab.write(&["a", "b", "c"], "b")?;
+    let agent = lab.start_agent()?;
+    ensure!(
+        metric(&lab.node, "zt_attached_interfaces") == Some(3.0),
+        "three pods attached"
+    );
+    ensure!(lab.reaches("b"), "b is allowed to a");
+    ensure!(!lab.reaches("c"), "c is denied to a");
+
+    // The policy now lets c in instead of b.
+    let mut established = lab.connect("b").context("b connects before the change")?;
+    lab.write(&["a", "b", "c"], "c")?;
+    ensure!(
+        lab.wait_reach("c", true, Duration::from_secs(10)),
+        "c allowed after the change"
+    );
+    ensure!(!lab.reaches("b"), "b denied after the change");
+    ensure!(
+        !established.echo(),
+        "b's established flow is cut when its access is revoked"
+    );
+
+    // Graceful shutdown leaves enforcement in place.
+    let pins = lab.link_pins();
+    ensure!(pins.len() == 6, "a pinned pair per pod: {pins:?}");
+    agent.terminate()?;
+    ensure!(lab.link_pins() == pins, "shutdown keeps the link pins");
+    ensure!(
+        lab.reaches("c") && !lab.reaches("b"),
+        "enforcement goes on without the agent"
+    );
+    Ok(())
+}
+
+#[test]
+fn routed_layout_enforces_and_follows_policy_changes() {
+    let _serial = lock();
+    enforces_and_follows_changes(Layout::Routed).unwrap();
+}
+
+#[test]
+fn bridged_layout_enforces_and_follows_policy_changes() {
+    let _serial = lock();
+    enforces_and_follows_changes(Layout::Bridged).unwrap();
+}
+
+#[test]
+fn restart_keeps_flows_and_denials_and_removes_only_stale_state() {
+    let _serial = lock();
+    restart(Layout::Routed).unwrap();
+}
+
+fn restart(layout: Layout) -> anyhow::Result<()> {
+    let lab = Lab::new(layout)?;
+    lab.serve()?;
+    lab.write(&["a", "b", "c"], "b")?;
+    let agent = lab.start_agent()?;
+    let mut established = lab.connect("b").context("b connects")?;
+    ensure!(established.echo(), "b's flow works");
+    ensure!(!lab.reaches("c"), "c is denied");
+    let c_ifindex = lab.ifindex("c")?;
+    let c_addr = IpAddr::V4(lab.pod("c").addr);
+    ensure!(
+        lab.pinned_endpoints()?.iter().any(|(ip, _)| *ip == c_addr),
+        "c is an endpoint"
+    );
+
+    agent.kill9();
+    ensure!(
+        established.echo(),
+        "the established flow survives the agent's death"
+    );
+    ensure!(!lab.reaches("c"), "c stays denied while no agent runs");
+    ensure!(
+        lab.reaches("b"),
+        "new allowed flows open while no agent runs"
+    );
+
+    // While the agent is down, pod c goes away (its interface stays, as a slow CNI DEL would
+    // leave it): its endpoint, identity and links are stale.
+    lab.write(&["a", "b"], "b")?;
+    let watch = {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = thread::spawn(move || {
+            let mut failures = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                if !established.echo() {
+                    failures += 1;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            (failures, established)
+        });
+        (stop, handle)
+    };
+    let agent = lab.start_agent()?;
+    let (stop, handle) = watch;
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (failures, mut established) = handle.join().expect("the echo thread");
+    ensure!(failures == 0, "{failures} echoes failed across the restart");
+    ensure!(
+        established.echo(),
+        "the established flow survives the restart"
+    );
+    ensure!(!lab.reaches("c"), "c stays denied after the restart");
+
+    let endpoints = lab.pinned_endpoints()?;
+    ensure!(
+        !endpoints.iter().any(|(ip, _)| *ip == c_addr),
+        "c's stale endpoint is removed: {endpoints:?}"
+    );
+    ensure!(
+        endpoints.len() == 2,
+        "a and b stay endpoints: {endpoints:?}"
+    );
+    let a_ifindex = lab.ifindex("a")?;
+    ensure!(
+        endpoints
+            .iter()
+            .any(|(ip, v)| *ip == IpAddr::V4(lab.pod("a").addr) && v.ifindex == a_ifindex),
+        "a's endpoint names its interface"
+    );
+    let pins = lab.link_pins();
+    ensure!(
+        !pins.iter().any(|p| p.starts_with(&format!("{c_ifindex}-"))),
+        "c's links are unpinned: {pins:?}"
+    );
+    ensure!(pins.len() == 4, "a's and b's pairs stay pinned: {pins:?}");
+    drop(agent);
+    Ok(())
+}
