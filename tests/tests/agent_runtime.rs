@@ -255,7 +255,7 @@ impl Lab {
 
     fn start_agent(&self) -> anyhow::Result<AgentProcess> {
         let binary = agent::binary()?;
-        let log = self.cleanup.manifests.with_extension("log");
+        let log = self.cleanup.manifests.join("agent.log");
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -457,6 +457,7 @@ fn enforces_and_follows_changes(layout: Layout) -> anyhow::Result<()> {
     let lab = Lab::new(layout)?;
     lab.serve()?;
     lab.write(&["a", "b", "c"], "b")?;
+    ensure!(lab.reaches("c"), "without the agent, the network lets c reach a");
     let agent = lab.start_agent()?;
     ensure!(
         metric(&lab.node, "zt_attached_interfaces") == Some(3.0),
