@@ -34,20 +34,7 @@ pub fn kube() -> anyhow::Result<()> {
     ebpf::build()?;
 
     let root = cmd::workspace_root();
-    // `kube_NAME.rs`, or `kube_NAME/main.rs` for a test with modules of its own.
-    let mut tests: Vec<String> = std::fs::read_dir(root.join("tests/tests"))?
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let name = entry.file_name().into_string().ok()?;
-            let name = match name.strip_suffix(".rs") {
-                Some(stem) => stem.to_owned(),
-                None if entry.path().join("main.rs").exists() => name,
-                None => return None,
-            };
-            name.starts_with("kube_").then_some(name)
-        })
-        .collect();
-    tests.sort();
+    let tests = test_targets(|name| name.starts_with("kube_"))?;
     if tests.is_empty() {
         bail!("no tests/tests/kube_*.rs");
     }
@@ -70,6 +57,27 @@ pub fn kube() -> anyhow::Result<()> {
         bail!("e2e kube failed");
     }
     Ok(())
+}
+
+/// The integration-test targets of `tests/` whose name passes `keep`, sorted: `NAME.rs`, or
+/// `NAME/main.rs` for a test with modules of its own.
+pub fn test_targets(keep: impl Fn(&str) -> bool) -> anyhow::Result<Vec<String>> {
+    let dir = cmd::workspace_root().join("tests/tests");
+    let mut tests: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let name = entry.file_name().into_string().ok()?;
+            let name = match name.strip_suffix(".rs") {
+                Some(stem) => stem.to_owned(),
+                None if entry.path().join("main.rs").exists() => name,
+                None => return None,
+            };
+            keep(&name).then_some(name)
+        })
+        .collect();
+    tests.sort();
+    Ok(tests)
 }
 
 /// The binary's path, from deploy/build-kube-apiserver.sh (which may take minutes to build it).
