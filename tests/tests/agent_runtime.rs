@@ -275,7 +275,9 @@ impl Lab {
             .spawn()
             .context("starting the agent")?;
         let mut agent = AgentProcess { child, log };
+        let started = Instant::now();
         agent.wait_ready(&self.node)?;
+        eprintln!("agent ready {:?} after its start", started.elapsed());
         Ok(agent)
     }
 
@@ -449,6 +451,18 @@ fn metric(node: &Netns, name: &str) -> Option<f64> {
         .ok()
 }
 
+/// Waits (up to 3 s: counters are read every second) for a metric to reach `at_least`.
+fn wait_metric(node: &Netns, name: &str, at_least: f64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if metric(node, name).is_some_and(|n| n >= at_least) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
 fn lock() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -457,7 +471,10 @@ fn enforces_and_follows_changes(layout: Layout) -> anyhow::Result<()> {
     let lab = Lab::new(layout)?;
     lab.serve()?;
     lab.write(&["a", "b", "c"], "b")?;
-    ensure!(lab.reaches("c"), "without the agent, the network lets c reach a");
+    ensure!(
+        lab.reaches("c"),
+        "without the agent, the network lets c reach a"
+    );
     let agent = lab.start_agent()?;
     ensure!(
         metric(&lab.node, "zt_attached_interfaces") == Some(3.0),
@@ -465,13 +482,28 @@ fn enforces_and_follows_changes(layout: Layout) -> anyhow::Result<()> {
     );
     ensure!(lab.reaches("b"), "b is allowed to a");
     ensure!(!lab.reaches("c"), "c is denied to a");
+    let denied = r#"zt_datapath_events_total{kind="denied",reason="drop_policy_ingress"}"#;
+    ensure!(
+        wait_metric(&lab.node, denied, 1.0),
+        "c's denied packets are counted as events"
+    );
+    let dropped = r#"zt_datapath_packets_total{reason="drop_policy_ingress"}"#;
+    ensure!(
+        wait_metric(&lab.node, dropped, 1.0),
+        "the kernel's drop counter is exported"
+    );
 
     // The policy now lets c in instead of b.
     let mut established = lab.connect("b").context("b connects before the change")?;
+    let written = Instant::now();
     lab.write(&["a", "b", "c"], "c")?;
     ensure!(
         lab.wait_reach("c", true, Duration::from_secs(10)),
         "c allowed after the change"
+    );
+    eprintln!(
+        "policy change enforced {:?} after the file was written",
+        written.elapsed()
     );
     ensure!(!lab.reaches("b"), "b denied after the change");
     ensure!(

@@ -18,30 +18,58 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Enforce NetworkPolicies on this node's pods (what the DaemonSet runs).
+    #[command(long_about = RUN_HELP)]
     Run(RunArgs),
     /// A hermetic one-machine lab: pods in network namespaces, the real agent and datapath.
     #[command(subcommand)]
     Lab(LabCommand),
 }
 
+/// `zt-agent run --help`: what a newcomer needs before starting the agent.
+const RUN_HELP: &str = "Enforce NetworkPolicies on this node's pods (what the DaemonSet runs).
+
+The agent reads Namespaces, Pods and NetworkPolicies from a source, compiles them into the eBPF \
+maps, and attaches the zt program pair (TCX) to the host-side interface of every local pod. Maps \
+and links are pinned under --pin-root: when the agent stops, crashes or restarts, enforcement goes \
+on unchanged, and a restarted agent adopts the pins and removes only what became stale.
+
+Pods created while no agent runs have no program on their interface until the agent is back: \
+their own traffic is not filtered, but isolated pods see them as unknown peers (only ipBlock \
+rules or rules for any peer admit them). See docs/readme/agent.md.
+
+Examples:
+  zt-agent run --source kube --node-name \"$NODE_NAME\"
+  zt-agent run --source dir:./manifests --pin-root /sys/fs/bpf/zt-dev --listen 127.0.0.1:9990
+
+Logs: RUST_LOG (default info; denied packets are logged at info), ZT_LOG_FORMAT=json for JSON.";
+
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Where policies, pods and namespaces come from: `kube` (the API server: in-cluster config or
-    /// KUBECONFIG) or `dir:PATH` (a folder of YAML manifests, followed as files change).
-    #[arg(long, default_value = "kube", env = "ZT_SOURCE")]
+    /// Where Namespaces, Pods and NetworkPolicies come from: `kube` (the API server, through the
+    /// in-cluster config or KUBECONFIG) or `dir:PATH` (a folder of YAML manifests, re-read when
+    /// its files change; a folder that does not parse is not applied, the last good one stays).
+    #[arg(
+        long,
+        default_value = "kube",
+        env = "ZT_SOURCE",
+        value_name = "kube|dir:PATH"
+    )]
     pub source: String,
-    /// This node's name: pods with `spec.nodeName` equal to it are the local endpoints.
-    /// With a `dir:` source and no node name, every pod with an address is local.
+    /// This node's name: pods with `spec.nodeName` equal to it are the local endpoints (required
+    /// with `--source kube`). With a `dir:` source and no node name, every pod with an address is
+    /// local.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
-    /// Where maps and links are pinned, so enforcement survives agent restarts.
+    /// bpffs directory for the pinned maps (`maps/`) and links (`links/`); enforcement survives
+    /// agent restarts through it. Use a directory of your own for tests and labs.
     #[arg(long, default_value = zt_common::names::PIN_ROOT)]
     pub pin_root: PathBuf,
-    /// Address for /healthz, /readyz and /metrics.
+    /// Address for /healthz, /readyz and /metrics (localhost only by default).
     #[arg(long, default_value = "127.0.0.1:9990")]
     pub listen: SocketAddr,
-    /// Let traffic of pods the agent does not know yet pass instead of dropping it.
-    /// The default (fail-closed) is the safe one.
+    /// Fail open: on an interface carrying the programs, let through packets of local addresses
+    /// the agent has not (yet) programmed, instead of dropping them. The default, fail-closed,
+    /// is the safe one.
     #[arg(long)]
     pub fail_open: bool,
     /// Audit mode: policy denies are allowed and reported as `audited` events instead.
