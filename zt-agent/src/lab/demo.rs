@@ -8,7 +8,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    time::Duration,
 };
 
 use k8s_openapi::{
@@ -21,9 +20,6 @@ use crate::{
     error::{Error, Result},
     resource::Resource,
 };
-
-/// How long the agent may take to apply the policy set.
-const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub fn run(args: LabDemoArgs) -> Result<()> {
     let signals = state::handle_signals()?;
@@ -74,13 +70,7 @@ pub fn run(args: LabDemoArgs) -> Result<()> {
     }
     let mut all = app;
     all.extend(policies.iter().cloned().map(Resource::NetworkPolicy));
-    let metrics = lab.metrics();
     lab.apply(all)?;
-    if !lab.wait_applied_since(&metrics, APPLY_TIMEOUT) {
-        eprintln!(
-            "(the agent gave no sign of applying the change within {APPLY_TIMEOUT:?}; probing anyway)"
-        );
-    }
     let after = lab.probe(Timeouts::default());
     println!();
     print!("{}", reachability(&after));
@@ -178,45 +168,82 @@ fn explain(lab: &Lab, policies: &[NetworkPolicy], report: &Report, flow: &Flow) 
             let _ = writeln!(out, "    {:<40} {}", policy_id(p), description(p));
         }
     }
-    let reverse_open = report.allowed(to, from, *port, *protocol);
-    let _ = writeln!(
-        out,
-        "\n  None of the ingress policies of {to} names {from} on {}/{port}, so its SYN was dropped\n  \
-         at {to}'s host-side interface{}.",
-        protocol.as_str(),
-        match reverse_open {
-            Some(true) => " (the other direction is open: policies are per direction)",
-            _ => "",
-        }
-    );
-    let ips = |id: &str| {
+    let ip = |id: &str| {
         lab.pods()
             .iter()
             .find(|p| p.id() == *id)
             .map(|p| p.ipv4.to_string())
+            .unwrap_or_default()
     };
     let log = std::fs::read_to_string(lab.agent_log()).unwrap_or_default();
-    let (src, dst) = (ips(from).unwrap_or_default(), ips(to).unwrap_or_default());
-    let lines: Vec<&str> = log
+    let want = [
+        ("verdict", "denied".to_owned()),
+        ("src", ip(from)),
+        ("dst", ip(to)),
+        ("dport", port.to_string()),
+    ];
+    let event = log
         .lines()
-        .filter(|l| l.contains("denied") && l.contains(&src) && l.contains(&dst))
-        .take(3)
-        .collect();
-    if lines.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n  (the agent logged no drop event for {src} → {dst})"
-        );
-    } else {
-        let _ = writeln!(
-            out,
-            "\n  The datapath's drop event, as the agent logged it:"
-        );
-        for line in lines {
-            let _ = writeln!(out, "    {line}");
+        .map(fields)
+        .find(|f| want.iter().all(|(k, v)| f.get(*k) == Some(v)));
+    match event {
+        Some(event) => {
+            let reason = event.get("reason").map_or("?", String::as_str);
+            let (side, pod) = if reason.contains("egress") {
+                ("egress", from)
+            } else {
+                ("ingress", to)
+            };
+            let _ = writeln!(
+                out,
+                "\n  The datapath's drop event (ring buffer zt_events, logged by the agent):\n    \
+                 denied, reason {reason}: at the {side} of {pod}, no policy above admits\n    \
+                 {from} → {to} on {}/{port}.",
+                protocol.as_str()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "\n  (the agent logged no drop event for {} → {}:{port}; see {})",
+                ip(from),
+                ip(to),
+                lab.agent_log().display()
+            );
         }
     }
+    if report.allowed(to, from, *port, *protocol) == Some(true) {
+        let _ = writeln!(
+            out,
+            "  The other direction is open: policies are per direction."
+        );
+    }
     out
+}
+
+/// The `key=value` fields of a tracing log line (quotes and ANSI colours stripped).
+fn fields(line: &str) -> BTreeMap<String, String> {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip `ESC [ … letter`.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .split_whitespace()
+        .filter_map(|token| {
+            let (k, v) = token.split_once('=')?;
+            Some((k.to_owned(), v.trim_matches('"').to_owned()))
+        })
+        .collect()
 }
 
 fn policy_id(p: &NetworkPolicy) -> String {
@@ -293,6 +320,15 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     use super::*;
+
+    #[test]
+    fn log_fields_are_read_through_colours_and_quotes() {
+        let line = "\u{1b}[2m2026\u{1b}[0m denied \u{1b}[3mreason\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"drop_policy_ingress\" src=10.88.0.5 dport=5432";
+        let f = fields(line);
+        assert_eq!(f["reason"], "drop_policy_ingress");
+        assert_eq!(f["src"], "10.88.0.5");
+        assert_eq!(f["dport"], "5432");
+    }
 
     #[test]
     fn selectors_follow_kubernetes_semantics() {

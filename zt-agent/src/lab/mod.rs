@@ -41,6 +41,8 @@ use crate::{
 
 /// How long the agent may take to load, sync and attach.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the agent may take to apply a changed folder.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `zt-agent lab …`.
 pub fn main(command: LabCommand) -> Result<()> {
@@ -174,9 +176,11 @@ impl Lab {
         Report::new(&self.pods, &probes, &outcomes)
     }
 
-    /// Replaces what the agent follows. The pods must stay the same (names, addresses, ports);
-    /// labels, namespaces and policies may change. Returns once the files are in place; the agent
-    /// applies them asynchronously.
+    /// Replaces what the agent follows and waits until the agent has compiled and synced it:
+    /// its `zt_source_changes_total` (bumped after each sync of a changed cluster state) moves
+    /// past its value before the write. The pods must stay the same (names, addresses, ports);
+    /// labels, namespaces and policies may change. A change the agent sees as no change never
+    /// moves the counter and ends in a timeout error.
     pub fn apply(&self, resources: Vec<Resource>) -> Result<()> {
         let plan = plan::plan(resources)?;
         if plan.pods != self.pods {
@@ -184,32 +188,31 @@ impl Lab {
                 "the lab cannot add, remove, readdress or re-port pods after it is built".into(),
             ));
         }
-        write_manifests(&self.manifests, &plan.resources)
-    }
-
-    /// Waits until the agent shows it took a change written by [`Lab::apply`]: its `/metrics`
-    /// differ from `before` (nothing else probes meanwhile, so only the agent's own work changes
-    /// them) and `/readyz` is 200. `false` on timeout.
-    pub fn wait_applied_since(&self, before: &str, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
+        let before = self.source_changes();
+        write_manifests(&self.manifests, &plan.resources)?;
+        let deadline = std::time::Instant::now() + APPLY_TIMEOUT;
         while std::time::Instant::now() < deadline {
-            let ready = self.agent_get("/readyz").is_some_and(|(s, _)| s == 200);
-            let changed = self
-                .agent_get("/metrics")
-                .is_some_and(|(s, body)| s == 200 && body != before);
-            if ready && changed {
-                return true;
+            if self.source_changes() > before {
+                return Ok(());
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
-        false
+        Err(Error::Other(format!(
+            "the agent did not apply the change within {APPLY_TIMEOUT:?}; its log ({}):\n{}",
+            self.agent.log.display(),
+            self.agent.log_tail(20)
+        )))
     }
 
-    /// The agent's current `/metrics` text (empty if it does not answer).
-    pub fn metrics(&self) -> String {
-        self.agent_get("/metrics")
-            .map(|(_, body)| body)
-            .unwrap_or_default()
+    /// The agent's `zt_source_changes_total`, 0 if it does not answer.
+    fn source_changes(&self) -> u64 {
+        let Some((200, body)) = self.agent_get("/metrics") else {
+            return 0;
+        };
+        body.lines()
+            .find_map(|l| l.strip_prefix("zt_source_changes_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
     }
 
     /// A pod's labels as the agent currently sees them.
