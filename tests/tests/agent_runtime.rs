@@ -495,8 +495,17 @@ fn enforces_and_follows_changes(layout: Layout) -> anyhow::Result<()> {
 
     // The policy now lets c in instead of b.
     let mut established = lab.connect("b").context("b connects before the change")?;
+    let syncs = metric(&lab.node, "zt_syncs_total").context("zt_syncs_total")?;
     let written = Instant::now();
     lab.write(&["a", "b", "c"], "c")?;
+    ensure!(
+        wait_metric(&lab.node, "zt_syncs_total", syncs + 1.0),
+        "the change is synced to the maps"
+    );
+    eprintln!(
+        "policy change synced to the maps {:?} after the file was written",
+        written.elapsed()
+    );
     ensure!(
         lab.wait_reach("c", true, Duration::from_secs(10)),
         "c allowed after the change"

@@ -5,6 +5,7 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{Arc, RwLock},
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -23,7 +24,49 @@ use super::{
 /// Pod names by address, for readable events (refreshed by the control loop).
 pub type Names = Arc<RwLock<HashMap<IpAddr, String>>>;
 
+/// At most this many denied/audited events are logged per second; the rest are only counted
+/// (a flood of drops must not become a flood of logs).
+const LOGS_PER_SECOND: u32 = 100;
+
+/// A one-second window log budget.
+struct Budget {
+    window: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl Budget {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                tracing::info!(
+                    suppressed = self.suppressed,
+                    "verdict events not logged (rate limit)"
+                );
+            }
+            *self = Budget {
+                window: now,
+                used: 0,
+                suppressed: 0,
+            };
+        }
+        if self.used < LOGS_PER_SECOND {
+            self.used += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
 pub async fn follow(ring: RingBuf<MapData>, names: Names, metrics: Metrics) {
+    let mut budget = Budget {
+        window: Instant::now(),
+        used: 0,
+        suppressed: 0,
+    };
     // SAFETY: the ring buffer owns its map fd for its whole life, and the `AsyncFd` owns the
     // ring buffer, so the fd stays open and the same until the `AsyncFd` is dropped.
     let registered = unsafe { AsyncFd::register(ring) };
@@ -49,13 +92,13 @@ pub async fn follow(ring: RingBuf<MapData>, names: Names, metrics: Metrics) {
             // start of the item, which is at least that long.
             let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
             drop(item);
-            report(&event, &names, &metrics);
+            report(&event, &names, &metrics, &mut budget);
         }
         guard.clear_ready();
     }
 }
 
-fn report(event: &Event, names: &Names, metrics: &Metrics) {
+fn report(event: &Event, names: &Names, metrics: &Metrics, budget: &mut Budget) {
     let kind_name = match event.kind {
         kind::DENIED => "denied",
         kind::NEW_FLOW => "new_flow",
@@ -70,6 +113,10 @@ fn report(event: &Event, names: &Names, metrics: &Metrics) {
             reason: reason_name.to_owned(),
         })
         .inc();
+    let loud = matches!(event.kind, kind::DENIED | kind::AUDITED);
+    if (loud && !budget.take()) || (!loud && !tracing::enabled!(tracing::Level::DEBUG)) {
+        return;
+    }
     let (src, dst) = (ip_of(event.src), ip_of(event.dst));
     let name = |ip: IpAddr| {
         let names = names.read().unwrap_or_else(|e| e.into_inner());

@@ -220,9 +220,10 @@ impl Control {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut changed = false;
+        let mut source_open = true;
         loop {
             tokio::select! {
-                event = rx.recv() => match event {
+                event = rx.recv(), if source_open => match event {
                     Some(event) => {
                         changed |= self.take(event);
                         // Drain what is queued, so a burst (the kube source's first lists) is one sync.
@@ -232,7 +233,7 @@ impl Control {
                     }
                     None => {
                         tracing::error!("the source stopped; enforcement stays as it is");
-                        rx = mpsc::channel(1).1;
+                        source_open = false;
                         continue;
                     }
                 },
