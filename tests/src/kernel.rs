@@ -367,6 +367,14 @@ impl Datapath {
         }
     }
 
+    /// Plants a conntrack entry, as if the datapath had admitted the flow.
+    pub fn set_conntrack(&mut self, key: CtKey, value: CtValue) -> anyhow::Result<()> {
+        let mut m: HashMap<_, CtKey, CtValue> =
+            HashMap::try_from(self.map_mut(names::MAP_CONNTRACK))?;
+        m.insert(key, value, 0)?;
+        Ok(())
+    }
+
     pub fn conntrack_len(&self) -> anyhow::Result<usize> {
         let m: HashMap<_, CtKey, CtValue> = HashMap::try_from(self.map(names::MAP_CONNTRACK))?;
         Ok(m.keys().filter(Result::is_ok).count())
@@ -439,7 +447,8 @@ pub fn addr_of(ip: IpAddr) -> Addr {
     }
 }
 
-/// A conntrack key as the datapath writes it (ports in network byte order).
+/// A conntrack key as the datapath writes it (ports in network byte order) for a flow admitted
+/// on interface `ifindex`.
 pub fn ct_key(
     src: IpAddr,
     sport: u16,
@@ -447,6 +456,7 @@ pub fn ct_key(
     dport: u16,
     protocol: u8,
     direction: u8,
+    ifindex: u32,
 ) -> CtKey {
     CtKey {
         src: addr_of(src),
@@ -456,5 +466,6 @@ pub fn ct_key(
         protocol,
         direction,
         _pad: [0; 2],
+        ifindex,
     }
 }

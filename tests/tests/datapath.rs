@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use zt_common::{
     config::{Config, event_mask, flags as cfg_flags},
-    conntrack::flags as ct_flags,
+    conntrack::{CtValue, flags as ct_flags},
     direction::{EGRESS, INGRESS},
     endpoint::{EndpointValue, flags as ep},
     event::{Event, kind},
@@ -143,7 +143,15 @@ fn tcp_flow_with_reply(v6: bool) {
         (e.policy_ref, e.src, e.dst),
         (POLICY_REF, addr_of(f.peer), addr_of(f.pod))
     );
-    let key = ct_key(f.peer, 40000, f.pod, 80, proto::TCP, INGRESS);
+    let key = ct_key(
+        f.peer,
+        40000,
+        f.pod,
+        80,
+        proto::TCP,
+        INGRESS,
+        f.dp.test_ifindex(),
+    );
     assert_eq!(f.dp.conntrack(&key).unwrap().map(|v| v.revision), Some(1));
 
     let run = f.run(Hook::ToPod, &syn.clone().payload(100));
@@ -285,7 +293,15 @@ fn policy_revision_rechecks_established_flows() {
     let syn = Packet::tcp(sa(f.peer, 40000), sa(f.pod, 80));
     let reply = Packet::tcp(sa(f.pod, 80), sa(f.peer, 40000));
     f.run(Hook::ToPod, &syn).assert_reason(reason::ALLOW_POLICY);
-    let key = ct_key(f.peer, 40000, f.pod, 80, proto::TCP, INGRESS);
+    let key = ct_key(
+        f.peer,
+        40000,
+        f.pod,
+        80,
+        proto::TCP,
+        INGRESS,
+        f.dp.test_ifindex(),
+    );
 
     // A new revision that still allows the flow: re-checked, refreshed, allowed.
     f.bump_revision();
@@ -315,6 +331,30 @@ fn policy_revision_rechecks_established_flows() {
 }
 
 #[test]
+fn conntrack_entries_hold_only_on_the_interface_they_were_admitted_on() {
+    // The endpoint's interface is not checked (ifindex 0), so only the conntrack key's interface
+    // keeps a flow admitted elsewhere from passing here without policy.
+    let mut f = Fixture::isolated(false);
+    let syn = Packet::tcp(sa(f.peer, 40000), sa(f.pod, 22));
+    let elsewhere = f.dp.test_ifindex() + 1000;
+    let (pod, peer) = (f.pod, f.peer);
+    let key = |dir, ifindex| ct_key(peer, 40000, pod, 22, proto::TCP, dir, ifindex);
+    let current = CtValue {
+        revision: 1,
+        flags: 0,
+    };
+    f.dp.set_conntrack(key(INGRESS, elsewhere), current)
+        .unwrap();
+    f.run(Hook::ToPod, &syn)
+        .assert_reason(reason::DROP_POLICY_INGRESS);
+    // The same entry on this interface is an established flow.
+    f.dp.set_conntrack(key(INGRESS, f.dp.test_ifindex()), current)
+        .unwrap();
+    f.run(Hook::ToPod, &syn)
+        .assert_reason(reason::ALLOW_CT_ESTABLISHED);
+}
+
+#[test]
 fn audit_mode_allows_what_it_would_deny_and_says_so() {
     let mut f = Fixture::new(false, ep::INGRESS_ISOLATED | ep::AUDIT);
     let syn = Packet::tcp(sa(f.peer, 40000), sa(f.pod, 22));
@@ -322,7 +362,15 @@ fn audit_mode_allows_what_it_would_deny_and_says_so() {
     run.assert_reason(reason::ALLOW_AUDIT);
     let e = one_event(&run, kind::AUDITED);
     assert_eq!(e.dport, 22);
-    let key = ct_key(f.peer, 40000, f.pod, 22, proto::TCP, INGRESS);
+    let key = ct_key(
+        f.peer,
+        40000,
+        f.pod,
+        22,
+        proto::TCP,
+        INGRESS,
+        f.dp.test_ifindex(),
+    );
     assert_eq!(
         f.dp.conntrack(&key).unwrap().map(|v| v.flags),
         Some(ct_flags::AUDITED)

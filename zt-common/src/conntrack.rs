@@ -1,9 +1,13 @@
 //! Connection tracking: an LRU map of flows admitted by policy.
 //!
-//! A flow is recorded once, as the tuple of its first packet and the direction, relative to the
-//! local endpoint, it was admitted in. Packets of the same flow match `(tuple, D)`; replies match
-//! `(reversed tuple, !D)`. Including the direction in the key matters on a node where both ends are
-//! local pods: the sender's egress admission must not stand in for the receiver's ingress check.
+//! A flow is recorded once, as the tuple of its first packet, the direction, relative to the
+//! local endpoint, it was admitted in, and the interface it was admitted on. Packets of the same
+//! flow match `(tuple, D, ifindex)`; replies match `(reversed tuple, !D, ifindex)`. Including the
+//! direction in the key matters on a node where both ends are local pods: the sender's egress
+//! admission must not stand in for the receiver's ingress check. Including the interface makes a
+//! hit prove that the packet arrived where the flow was admitted, so an entry of the current
+//! policy revision can allow without looking the endpoint up again (decision procedure step 5
+//! in [`crate::policy`]).
 
 use crate::{Addr, assert_size, user_pod};
 
@@ -18,8 +22,10 @@ pub struct CtKey {
     pub protocol: u8,
     pub direction: u8,
     pub _pad: [u8; 2],
+    /// The interface the flow was admitted on (the packet's `ifindex` at the hook).
+    pub ifindex: u32,
 }
-assert_size!(CtKey, 40);
+assert_size!(CtKey, 44);
 user_pod!(CtKey);
 
 /// `zt_ct` value.

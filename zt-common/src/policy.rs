@@ -32,20 +32,28 @@
 //! 3. A non-first IP fragment takes its ports from `zt_frag`, recorded by its first fragment
 //!    (keyed by addresses, fragment id and protocol); no record → drop (`DROP_FRAGMENT_UNKNOWN`).
 //! 4. ICMPv6 neighbour discovery (types 133–137) → allow (`ALLOW_NDP`): IPv6 cannot work without it.
-//! 5. `zt_endpoints[L]` missing → allow or drop by `config::flags::FAIL_CLOSED`
+//! 5. Conntrack fast path, one flow entry per direction and interface of admission (see
+//!    [`crate::conntrack`]): `(tuple, D, ifindex)` present → established; `(reversed tuple, !D,
+//!    ifindex)` present → reply. If the entry's revision is the current `config.policy_revision`,
+//!    allow (`ALLOW_CT_ESTABLISHED` / `ALLOW_CT_REPLY`) without steps 6–7. This is the decision
+//!    steps 6–8 would reach: the entry was admitted or re-checked under the current revision on
+//!    this interface after steps 6–7 passed for the same local address (the packet's tuple is the
+//!    entry's, or its reverse, and `D` or `!D` names the same local end), and every change to
+//!    `zt_endpoints` bumps the revision. A stale entry is kept for step 8.
+//! 6. `zt_endpoints[L]` missing → allow or drop by `config::flags::FAIL_CLOSED`
 //!    (`ALLOW_UNKNOWN_ENDPOINT` / `DROP_UNKNOWN_ENDPOINT`); its `ifindex` set and not the packet's
 //!    interface → drop (`DROP_SPOOFED`).
-//! 6. Endpoint isolated in neither direction → allow (`ALLOW_NOT_ISOLATED`), no conntrack.
-//! 7. Conntrack, one flow entry per direction of admission (see [`crate::conntrack`]):
-//!    a. `(tuple, D)` present → established; `(reversed tuple, !D)` present → reply; an ICMP error
-//!    whose quoted packet's tuple is present as `(quoted tuple, !D)` → related.
+//! 7. Endpoint isolated in neither direction → allow (`ALLOW_NOT_ISOLATED`), no conntrack.
+//! 8. Conntrack, slow path:
+//!    a. the stale entry step 5 found; else, for an ICMP error, the entry of the packet it quotes,
+//!    `(quoted tuple, !D, ifindex)` → related.
 //!    b. If the entry's revision is the current `config.policy_revision`, allow
-//!    (`ALLOW_CT_ESTABLISHED` / `ALLOW_CT_REPLY` / `ALLOW_CT_RELATED`).
-//!    c. Otherwise re-run step 8 for the flow as it was admitted (its key's tuple and direction):
-//!    still allowed → refresh the revision and allow; denied → delete the entry and drop
-//!    (`DROP_REVOKED`), or in audit mode refresh it, flag it `AUDITED` and allow
-//!    (`ALLOW_AUDIT`) with an `AUDITED` event.
-//! 8. Policy, for direction `D`:
+//!    (`ALLOW_CT_RELATED`).
+//!    c. Otherwise re-run step 9 for the flow as it was admitted (its key's tuple and direction):
+//!    still allowed → refresh the revision and allow (`ALLOW_CT_ESTABLISHED` / `ALLOW_CT_REPLY` /
+//!    `ALLOW_CT_RELATED`); denied → delete the entry and drop (`DROP_REVOKED`), or in audit mode
+//!    refresh it, flag it `AUDITED` and allow (`ALLOW_AUDIT`) with an `AUDITED` event.
+//! 9. Policy, for direction `D`:
 //!    a. `D` not isolated for the endpoint → allow (`ALLOW_NOT_ISOLATED`);
 //!    b. peer identity = longest-prefix match of `P` in the family's trie, else `WORLD`;
 //!    `HOST` → allow (`ALLOW_HOST`);
@@ -54,9 +62,9 @@
 //!    any hit → allow (`ALLOW_POLICY`, the entry's `policy_ref` in the event);
 //!    d. no hit → drop (`DROP_POLICY_INGRESS` / `DROP_POLICY_EGRESS`), or, for an endpoint in
 //!    audit mode, allow (`ALLOW_AUDIT`) with an `AUDITED` event.
-//! 9. A new flow allowed in step 8 (8a and 8b included, so replies into an isolated direction
-//!    pass; 8d in audit mode flagged `AUDITED`) is recorded in conntrack as `(tuple, D)` with the
-//!    current revision, and publishes a `NEW_FLOW` event (`AUDITED` for step 8d).
+//! 10. A new flow allowed in step 9 (9a and 9b included, so replies into an isolated direction
+//!    pass; 9d in audit mode flagged `AUDITED`) is recorded in conntrack as `(tuple, D, ifindex)`
+//!    with the current revision, and publishes a `NEW_FLOW` event (`AUDITED` for step 9d).
 //!
 //! The policy port is the packet's destination port for TCP, UDP and SCTP and 0 for every other
 //! protocol; ICMP echo flows use the echo identifier as both conntrack ports.

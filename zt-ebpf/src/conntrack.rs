@@ -1,7 +1,7 @@
-//! Conntrack lookups and admissions (decision procedure steps 7a and 9).
+//! Conntrack lookups and admissions (decision procedure steps 5, 8a and 10).
 //!
-//! A flow is keyed by the tuple of its first packet and the direction it was admitted in; see
-//! `zt_common::conntrack` for why the direction is part of the key.
+//! A flow is keyed by the tuple of its first packet, the direction it was admitted in and the
+//! interface it was admitted on; see `zt_common::conntrack` for why.
 
 use zt_common::{conntrack::CtValue, reason};
 
@@ -11,8 +11,11 @@ use crate::{
     packet::{Packet, Tuple, class},
 };
 
+/// A conntrack hit: the entry, and the reason an up-to-date entry allows with.
+pub type Hit = (*mut CtValue, u8);
+
 #[inline(always)]
-fn fill(key: &mut CtKey, t: &Tuple, dir: u8) {
+fn fill(key: &mut CtKey, t: &Tuple, dir: u8, ifindex: u32) {
     key.src = t.src;
     key.dst = t.dst;
     key.sport = t.sport;
@@ -20,13 +23,14 @@ fn fill(key: &mut CtKey, t: &Tuple, dir: u8) {
     key.protocol = t.protocol;
     key.direction = dir;
     key._pad = 0;
+    key.ifindex = ifindex;
 }
 
-/// Step 7a. On a hit, `key` holds the entry's key (the flow as it was admitted) and the result
-/// carries the entry and the reason an up-to-date entry allows with.
+/// Step 5: the packet's own flow, then the flow it replies to. On a hit, `key` holds the
+/// entry's key (the flow as it was admitted).
 #[inline(always)]
-pub fn lookup(pkt: &Packet, dir: u8, key: &mut CtKey) -> Option<(*mut CtValue, u8)> {
-    fill(key, &pkt.tuple, dir);
+pub fn lookup(pkt: &Packet, dir: u8, ifindex: u32, key: &mut CtKey) -> Option<Hit> {
+    fill(key, &pkt.tuple, dir, ifindex);
     if let Some(v) = CONNTRACK.get_ptr_mut(&*key) {
         return Some((v, reason::ALLOW_CT_ESTABLISHED));
     }
@@ -39,18 +43,25 @@ pub fn lookup(pkt: &Packet, dir: u8, key: &mut CtKey) -> Option<(*mut CtValue, u
     if let Some(v) = CONNTRACK.get_ptr_mut(&*key) {
         return Some((v, reason::ALLOW_CT_REPLY));
     }
-    if pkt.class == class::ICMP_ERROR && pkt.quoted_valid != 0 {
-        fill(key, &pkt.quoted, dir ^ 1);
-        if let Some(v) = CONNTRACK.get_ptr_mut(&*key) {
-            return Some((v, reason::ALLOW_CT_RELATED));
-        }
-    }
     None
 }
 
-/// Step 9: records a new flow. A full LRU evicts its least recently used flow.
+/// Step 8a for an ICMP error: the flow of the packet it quotes, admitted in the other
+/// direction on this interface. On a hit, `key` holds the entry's key.
 #[inline(always)]
-pub fn admit(t: &Tuple, dir: u8, revision: u32, flags: u32) {
+pub fn related(pkt: &Packet, dir: u8, ifindex: u32, key: &mut CtKey) -> Option<Hit> {
+    if pkt.class != class::ICMP_ERROR || pkt.quoted_valid == 0 {
+        return None;
+    }
+    fill(key, &pkt.quoted, dir ^ 1, ifindex);
+    CONNTRACK
+        .get_ptr_mut(&*key)
+        .map(|v| (v, reason::ALLOW_CT_RELATED))
+}
+
+/// Step 10: records a new flow. A full LRU evicts its least recently used flow.
+#[inline(always)]
+pub fn admit(t: &Tuple, dir: u8, ifindex: u32, revision: u32, flags: u32) {
     let key = CtKey {
         src: t.src,
         dst: t.dst,
@@ -59,11 +70,12 @@ pub fn admit(t: &Tuple, dir: u8, revision: u32, flags: u32) {
         protocol: t.protocol,
         direction: dir,
         _pad: 0,
+        ifindex,
     };
     let _ = CONNTRACK.insert(&key, &CtValue { revision, flags }, 0);
 }
 
-/// Step 7c: a revoked flow is forgotten, so its next packet is a new flow again.
+/// Step 8c: a revoked flow is forgotten, so its next packet is a new flow again.
 #[inline(always)]
 pub fn forget(key: &CtKey) {
     let _ = CONNTRACK.remove(key);

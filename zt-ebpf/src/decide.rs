@@ -1,4 +1,4 @@
-//! The decision procedure of `zt_common::policy`, steps 1–9, for one packet in one direction.
+//! The decision procedure of `zt_common::policy`, steps 1–10, for one packet in one direction.
 //! Each step is a call into the module that owns the concern; this file only sequences them.
 
 use core::mem::MaybeUninit;
@@ -14,7 +14,8 @@ use zt_common::{
 };
 
 use crate::{
-    conntrack, frag,
+    conntrack::{self, Hit},
+    frag,
     keys::{CtKey, EndpointKey, zero},
     maps::ENDPOINTS,
     packet::{self, Packet, class},
@@ -44,18 +45,32 @@ pub fn decide(ctx: &TcContext, cfg: &Config, dir: u8, pkt: &mut Packet) -> Verdi
     if pkt.class == class::NDP {
         return v.with(reason::ALLOW_NDP);
     }
-    endpoint_and_flow(ctx, cfg, dir, pkt, v)
+    // Step 5: an up-to-date entry for this flow on this interface allows on its own.
+    let ifindex = ifindex(ctx);
+    let mut key = MaybeUninit::<CtKey>::uninit();
+    let key = zero(&mut key);
+    let hit = conntrack::lookup(pkt, dir, ifindex, key);
+    if let Some((entry, ct_reason)) = hit {
+        // SAFETY: a map value pointer returned by the kernel, valid for this program run.
+        if unsafe { (*entry).revision } == cfg.policy_revision {
+            return v.with(ct_reason);
+        }
+    }
+    endpoint_and_flow(cfg, dir, ifindex, pkt, key, hit, v)
 }
 
-/// Steps 5–9.
+/// Steps 6–10. `hit` is a stale entry step 5 found (then `key` is its key).
 #[inline(always)]
 fn endpoint_and_flow(
-    ctx: &TcContext,
     cfg: &Config,
     dir: u8,
+    ifindex: u32,
     pkt: &Packet,
+    key: &mut CtKey,
+    hit: Option<Hit>,
     mut v: Verdict,
 ) -> Verdict {
+    // Step 6.
     let local = if dir == direction::EGRESS {
         pkt.tuple.src
     } else {
@@ -70,25 +85,27 @@ fn endpoint_and_flow(
         None => return v.with(reason::ALLOW_UNKNOWN_ENDPOINT),
     };
     v.local_identity = ep.identity;
-    if ep.ifindex != 0 && ep.ifindex != ifindex(ctx) {
+    if ep.ifindex != 0 && ep.ifindex != ifindex {
         return v.with(reason::DROP_SPOOFED);
     }
-    // Step 6.
+    // Step 7.
     if ep.flags & (ep_flags::INGRESS_ISOLATED | ep_flags::EGRESS_ISOLATED) == 0 {
         return v.with(reason::ALLOW_NOT_ISOLATED);
     }
     let audit = ep.flags & ep_flags::AUDIT != 0;
     let revision = cfg.policy_revision;
 
-    // Step 7.
-    let mut key = MaybeUninit::<CtKey>::uninit();
-    let key = zero(&mut key);
-    if let Some((entry, ct_reason)) = conntrack::lookup(pkt, dir, key) {
+    // Step 8.
+    let hit = match hit {
+        Some(h) => Some(h),
+        None => conntrack::related(pkt, dir, ifindex, key),
+    };
+    if let Some((entry, ct_reason)) = hit {
         // SAFETY: (here and below) a map value pointer returned by the kernel, valid for this run.
         if unsafe { (*entry).revision } == revision {
             return v.with(ct_reason);
         }
-        // 7c: re-check the flow as it was admitted.
+        // 8c: re-check the flow as it was admitted.
         let q = Query {
             peer: if key.direction == direction::EGRESS {
                 key.dst
@@ -120,7 +137,7 @@ fn endpoint_and_flow(
         return v.with(reason::DROP_REVOKED);
     }
 
-    // Step 8 for a new flow.
+    // Step 9 for a new flow.
     let q = Query {
         peer: if dir == direction::EGRESS {
             pkt.tuple.dst
@@ -145,8 +162,8 @@ fn endpoint_and_flow(
     } else {
         return v.with(reason::DROP_POLICY_INGRESS);
     };
-    // Step 9.
-    conntrack::admit(&pkt.tuple, dir, revision, ct_flags);
+    // Step 10.
+    conntrack::admit(&pkt.tuple, dir, ifindex, revision, ct_flags);
     v.event = event;
     v.with(allow)
 }

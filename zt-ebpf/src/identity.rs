@@ -1,5 +1,5 @@
 //! Peer identity: longest-prefix match in the family's trie, `WORLD` when nothing covers the
-//! address (decision procedure step 8b).
+//! address (decision procedure step 9b).
 
 use aya_ebpf::maps::lpm_trie::Key;
 use zt_common::identity::WORLD;

@@ -69,6 +69,7 @@ pub struct CtKey {
     pub protocol: u8,
     pub direction: u8,
     pub _pad: u16,
+    pub ifindex: u32,
 }
 
 #[repr(C)]
@@ -138,7 +139,8 @@ same_layout!(
     dport,
     protocol,
     direction,
-    _pad
+    _pad,
+    ifindex
 );
 same_layout!(FragKey, conntrack::FragKey, src, dst, id, protocol);
 same_layout!(EndpointKey, endpoint::EndpointKey, addr);

@@ -2,8 +2,9 @@
 //! parse-only baseline for benchmarks.
 //!
 //! One concern per module, composed by `decide` in the order of the decision procedure written
-//! in `zt_common::policy`: `parse` (headers) → `frag` → endpoint → `conntrack` → `policy`
-//! (`identity` inside) → `verdict` (the single exit: counter, event, TC action).
+//! in `zt_common::policy`: `parse` (headers) → `frag` → `conntrack` (fast path) → endpoint →
+//! `conntrack` (stale and related entries) → `policy` (`identity` inside) → `verdict` (the single
+//! exit: counter, event, TC action).
 #![no_std]
 #![no_main]
 

@@ -1,4 +1,4 @@
-//! Policy evaluation for one direction of one endpoint (decision procedure step 8a–c).
+//! Policy evaluation for one direction of one endpoint (decision procedure step 9a–c).
 
 use zt_common::{
     direction,
@@ -10,13 +10,13 @@ use zt_common::{
 
 use crate::{identity, keys::Addr32, maps::POLICY};
 
-/// The outcome of step 8 before audit mode is applied.
+/// The outcome of step 9 before audit mode is applied.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Decision {
     pub peer_identity: u32,
     pub policy_ref: u32,
-    /// `ALLOW_NOT_ISOLATED`, `ALLOW_HOST`, `ALLOW_POLICY`, or 0 for no match (step 8d).
+    /// `ALLOW_NOT_ISOLATED`, `ALLOW_HOST`, `ALLOW_POLICY`, or 0 for no match (step 9d).
     pub allow: u8,
     pub _pad: [u8; 3],
 }
@@ -31,7 +31,7 @@ pub struct Query {
     pub direction: u8,
 }
 
-/// Step 8 for `q` at endpoint `ep`. A BPF subprogram rather than inlined: it is reached from
+/// Step 9 for `q` at endpoint `ep`. A BPF subprogram rather than inlined: it is reached from
 /// two places (new flow, stale conntrack entry) and two inlined copies overflow the stack.
 #[inline(never)]
 pub fn evaluate(ep: &EndpointValue, q: &Query, d: &mut Decision) {

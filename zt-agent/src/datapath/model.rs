@@ -1,6 +1,6 @@
-//! The datapath's policy decision in userspace: steps 5–8 of the procedure in
+//! The datapath's policy decision in userspace: steps 6–9 of the procedure in
 //! `zt_common::policy`, over a [`DatapathState`], with the same keys the kernel program builds.
-//! Conntrack (step 7) is out of scope: this answers "is a new flow allowed".
+//! Conntrack (steps 5 and 8) is out of scope: this answers "is a new flow allowed".
 
 use std::net::IpAddr;
 
@@ -42,7 +42,7 @@ impl Verdict {
     }
 }
 
-/// Steps 5, 6 and 8 for a new flow; `fail_closed` is `config::flags::FAIL_CLOSED`.
+/// Steps 6, 7 and 9 for a new flow; `fail_closed` is `config::flags::FAIL_CLOSED`.
 pub fn decide(state: &DatapathState, fail_closed: bool, packet: &Packet) -> Verdict {
     let verdict = |reason| Verdict {
         reason,
