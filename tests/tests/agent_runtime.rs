@@ -24,7 +24,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use aya::maps::{HashMap, Map, MapData};
+use aya::{
+    EbpfLoader,
+    maps::{HashMap, Map, MapData},
+    programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions},
+};
 use zt_agent::lab::{agent, net::Netns};
 use zt_common::{
     endpoint::{EndpointKey, EndpointValue},
@@ -368,6 +372,42 @@ impl Lab {
         pins
     }
 
+    /// Pins, where the agent keeps `pod`'s links, a TCX pair running `zt_baseline` (parse and
+    /// pass): what an older agent's program would look like to a new one.
+    fn pin_foreign_pair(&self, pod: &str) -> anyhow::Result<()> {
+        let ifindex = self.ifindex(pod)?;
+        let (maps, links) = (
+            self.cleanup.pin_root.join("maps"),
+            self.cleanup.pin_root.join("links"),
+        );
+        std::fs::create_dir_all(&maps)?;
+        std::fs::create_dir_all(&links)?;
+        let host_if = self.pod(pod).host_if.clone();
+        self.node.run(|| -> anyhow::Result<()> {
+            let mut ebpf = EbpfLoader::new()
+                .default_map_pin_directory(&maps)
+                .load(zt_agent::datapath::object())?;
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(names::PROG_BASELINE)
+                .context("no baseline program")?
+                .try_into()?;
+            prog.load()?;
+            for (at, suffix) in [
+                (TcAttachType::Ingress, "from"),
+                (TcAttachType::Egress, "to"),
+            ] {
+                let id = prog.attach_with_options(
+                    &host_if,
+                    at,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )?;
+                FdLink::try_from(prog.take_link(id)?)?
+                    .pin(links.join(format!("{ifindex}-{suffix}")))?;
+            }
+            Ok(())
+        })?
+    }
+
     fn ifindex(&self, pod: &str) -> anyhow::Result<u32> {
         let host_if = &self.pod(pod).host_if;
         Ok(self
@@ -629,5 +669,34 @@ fn restart(layout: Layout) -> anyhow::Result<()> {
     );
     ensure!(pins.len() == 4, "a's and b's pairs stay pinned: {pins:?}");
     drop(agent);
+    Ok(())
+}
+
+#[test]
+fn adopted_links_running_another_program_are_swapped_in_place() {
+    let _serial = lock();
+    swap_foreign_program().unwrap();
+}
+
+fn swap_foreign_program() -> anyhow::Result<()> {
+    let lab = Lab::new(Layout::Routed)?;
+    lab.serve()?;
+    lab.write(&["a", "b", "c"], "b")?;
+    lab.pin_foreign_pair("a")?;
+    let before = lab.link_pins();
+    ensure!(before.len() == 2, "the foreign pair is pinned: {before:?}");
+    ensure!(lab.reaches("c"), "a pass-everything program lets c reach a");
+    let _agent = lab.start_agent()?;
+    // Were a's links kept as they were, c would still reach a: a's ingress is checked only there.
+    ensure!(
+        !lab.reaches("c"),
+        "a's adopted links now run the agent's program"
+    );
+    ensure!(lab.reaches("b"), "b is allowed");
+    let after = lab.link_pins();
+    ensure!(
+        before.iter().all(|p| after.contains(p)) && after.len() == 6,
+        "a's pins are kept (the same links), b's and c's added: {after:?}"
+    );
     Ok(())
 }
