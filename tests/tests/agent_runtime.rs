@@ -605,26 +605,14 @@ fn restart(layout: Layout) -> anyhow::Result<()> {
         "c is an endpoint"
     );
 
-    agent.kill9();
-    ensure!(
-        established.echo(),
-        "the established flow survives the agent's death"
-    );
-    ensure!(!lab.reaches("c"), "c stays denied while no agent runs");
-    ensure!(
-        lab.reaches("b"),
-        "new allowed flows open while no agent runs"
-    );
-
-    // While the agent is down, pod c goes away (its interface stays, as a slow CNI DEL would
-    // leave it): its endpoint, identity and links are stale.
-    lab.write(&["a", "b"], "b")?;
-    let watch = {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let handle = thread::spawn(move || {
+    // From the kill until well after the restart: one thread echoes on the established flow every
+    // 20 ms, another keeps trying c → a. Neither may see a single change of verdict.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (failures, mut established, c_got_through, agent) = thread::scope(|scope| {
+        let stop = &stop;
+        let echo = scope.spawn(move || {
             let mut failures = 0;
-            while !stop2.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 if !established.echo() {
                     failures += 1;
                 }
@@ -632,14 +620,41 @@ fn restart(layout: Layout) -> anyhow::Result<()> {
             }
             (failures, established)
         });
-        (stop, handle)
-    };
-    let agent = lab.start_agent()?;
-    let (stop, handle) = watch;
-    thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let (failures, mut established) = handle.join().expect("the echo thread");
-    ensure!(failures == 0, "{failures} echoes failed across the restart");
+        let deny = scope.spawn(|| {
+            let mut through = 0;
+            while !stop.load(Ordering::Relaxed) {
+                through += u32::from(lab.reaches("c"));
+            }
+            through
+        });
+        let restarted = (|| -> anyhow::Result<AgentProcess> {
+            agent.kill9();
+            ensure!(
+                lab.reaches("b"),
+                "new allowed flows open while no agent runs"
+            );
+            // While the agent is down, pod c goes away (its interface stays, as a slow CNI DEL
+            // would leave it): its endpoint, identity and links are stale.
+            lab.write(&["a", "b"], "b")?;
+            thread::sleep(Duration::from_millis(500));
+            let agent = lab.start_agent()?;
+            thread::sleep(Duration::from_millis(500));
+            Ok(agent)
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let (failures, established) = echo.join().expect("the echo thread");
+        let through = deny.join().expect("the deny thread");
+        (failures, established, through, restarted)
+    });
+    let agent = agent?;
+    ensure!(
+        failures == 0,
+        "{failures} echoes failed across the kill and restart"
+    );
+    ensure!(
+        c_got_through == 0,
+        "c reached a {c_got_through} times across the kill and restart"
+    );
     ensure!(
         established.echo(),
         "the established flow survives the restart"
