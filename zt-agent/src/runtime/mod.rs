@@ -183,6 +183,27 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
     Ok(())
 }
 
+/// The compiled state as the kernel must hold it: endpoints only for addresses whose host-side
+/// interface was found, each carrying that interface's ifindex (the compiler leaves it 0). An
+/// address without an interface gets no entry, so it can never pass another interface's spoof
+/// check, and fail-closed interfaces drop it.
+pub fn with_interfaces(
+    compiled: &DatapathState,
+    found: &BTreeMap<IpAddr, HostIf>,
+) -> DatapathState {
+    let mut desired = compiled.clone();
+    desired
+        .endpoints
+        .retain(|addr, value| match found.get(addr) {
+            Some(host) => {
+                value.ifindex = host.ifindex;
+                true
+            }
+            None => false,
+        });
+    desired
+}
+
 fn live(links: &[iface::Link]) -> BTreeMap<u32, String> {
     links
         .iter()
@@ -355,17 +376,7 @@ impl Control {
                 }
             }
         }
-        let mut desired = self.compiler.state().clone();
-        desired
-            .endpoints
-            .retain(|addr, value| match found.get(addr) {
-                Some(host) => {
-                    value.ifindex = host.ifindex;
-                    true
-                }
-                // No interface, no entry: an address without one must not pass the spoof check.
-                None => false,
-            });
+        let desired = with_interfaces(self.compiler.state(), found);
         let delta = self.applied.diff(&desired);
         if delta.is_empty() {
             return true;
@@ -422,5 +433,52 @@ impl Control {
             .get(addr)
             .cloned()
             .unwrap_or_else(|| addr.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use zt_common::endpoint::EndpointValue;
+
+    use super::*;
+
+    #[test]
+    fn endpoints_carry_their_interface_and_unfound_ones_are_left_out() {
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.2".parse().unwrap(), "fd00::3".parse().unwrap());
+        let mut compiled = DatapathState::default();
+        for (addr, identity) in [(a, 300), (b, 301)] {
+            compiled.endpoints.insert(
+                addr,
+                EndpointValue {
+                    identity,
+                    ..Default::default()
+                },
+            );
+            compiled.identities.insert(addr.into(), identity);
+        }
+        let found = BTreeMap::from([(
+            a,
+            HostIf {
+                ifindex: 7,
+                ifname: "veth7".into(),
+            },
+        )]);
+        let desired = with_interfaces(&compiled, &found);
+        assert_eq!(desired.endpoints.len(), 1);
+        assert_eq!(
+            desired.endpoints[&a],
+            EndpointValue {
+                identity: 300,
+                ifindex: 7,
+                ..Default::default()
+            }
+        );
+        // Identities and policy are not per interface: every peer keeps its identity.
+        assert_eq!(desired.identities, compiled.identities);
+        assert!(
+            with_interfaces(&compiled, &BTreeMap::new())
+                .endpoints
+                .is_empty()
+        );
     }
 }
