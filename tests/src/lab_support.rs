@@ -104,6 +104,35 @@ impl Flow<'_> {
     }
 }
 
+/// Every flow the base cluster probes: ordered pairs of distinct pods × TCP/UDP × 80/81.
+pub fn all_flows() -> Vec<Flow<'static>> {
+    let mut flows = Vec::new();
+    for from_ns in NAMESPACES {
+        for from_pod in PODS {
+            for to_ns in NAMESPACES {
+                for to_pod in PODS {
+                    if (from_ns, from_pod) == (to_ns, to_pod) {
+                        continue;
+                    }
+                    for protocol in [Protocol::Tcp, Protocol::Udp] {
+                        for port in [80, 81] {
+                            flows.push(Flow {
+                                from_ns,
+                                from_pod,
+                                to_ns,
+                                to_pod,
+                                port,
+                                protocol,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    flows
+}
+
 /// The flows of `report` whose outcome differs from `rule`, one line each.
 pub fn mismatches(report: &Report, rule: &dyn Fn(&Flow<'_>) -> bool) -> Vec<String> {
     let mut out = Vec::new();
@@ -179,6 +208,7 @@ mod tests {
         assert_eq!(plan.pods[4].id(), "y/b");
         assert_eq!(plan.pods[4].ipv4.to_string(), "10.88.2.2");
         assert_eq!(zt_agent::lab::plan::probes(&plan.pods).len(), 288);
+        assert_eq!(all_flows().len(), 288);
     }
 
     #[test]
