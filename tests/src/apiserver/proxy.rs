@@ -109,7 +109,10 @@ fn accept_loop(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared
                 if shared.refuse.load(Ordering::SeqCst) {
                     continue;
                 }
-                if let Err(error) = relay(client, upstream, shared) {
+                // A refused upstream is the server being down on purpose; the client sees a close.
+                if let Err(error) = relay(client, upstream, shared)
+                    && error.kind() != io::ErrorKind::ConnectionRefused
+                {
                     eprintln!("apiserver proxy: {error}");
                 }
             }
