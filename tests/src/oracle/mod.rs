@@ -10,6 +10,7 @@
 
 pub mod build;
 pub mod compiled;
+pub mod arbitrary;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
