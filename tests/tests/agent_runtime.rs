@@ -258,6 +258,10 @@ impl Lab {
     }
 
     fn start_agent(&self) -> anyhow::Result<AgentProcess> {
+        self.start_agent_with(&[])
+    }
+
+    fn start_agent_with(&self, extra: &[&str]) -> anyhow::Result<AgentProcess> {
         let binary = agent::binary()?;
         let log = self.cleanup.manifests.join("agent.log");
         let out = std::fs::OpenOptions::new()
@@ -272,6 +276,7 @@ impl Lab {
             .arg("--pin-root")
             .arg(&self.cleanup.pin_root)
             .args(["--listen", agent::LISTEN])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -287,8 +292,12 @@ impl Lab {
 
     /// Starts a TCP echo server in `a`; it runs until the test process ends.
     fn serve(&self) -> anyhow::Result<()> {
+        self.serve_on("a")
+    }
+
+    fn serve_on(&self, pod: &str) -> anyhow::Result<()> {
         let listener = self
-            .pod("a")
+            .pod(pod)
             .netns
             .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)))??;
         thread::spawn(move || {
@@ -310,7 +319,11 @@ impl Lab {
 
     /// A connection from `from` to `a`'s echo server, if the handshake completes.
     fn connect(&self, from: &str) -> Option<Echo> {
-        let to = SocketAddr::new(IpAddr::V4(self.pod("a").addr), PORT);
+        self.connect_to(from, "a")
+    }
+
+    fn connect_to(&self, from: &str, to: &str) -> Option<Echo> {
+        let to = SocketAddr::new(IpAddr::V4(self.pod(to).addr), PORT);
         let stream = self
             .pod(from)
             .netns
@@ -713,5 +726,91 @@ fn swap_foreign_program() -> anyhow::Result<()> {
         before.iter().all(|p| after.contains(p)) && after.len() == 6,
         "a's pins are kept (the same links), b's and c's added: {after:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn fail_closed_drops_unknown_local_addresses_and_fail_open_passes_them() {
+    let _serial = lock();
+    fail_modes().unwrap();
+}
+
+/// `b` gets a second address no manifest knows and uses it towards `c` (not isolated): an
+/// attached interface carrying an address that is no endpoint.
+fn fail_modes() -> anyhow::Result<()> {
+    let lab = Lab::new(Layout::Routed)?;
+    lab.serve_on("c")?;
+    lab.write(&["a", "b", "c"], "b")?;
+    let (b, c) = (lab.pod("b"), lab.pod("c"));
+    let unknown = "10.231.0.99";
+    let b_ns = &b.netns.name;
+    ip(&[
+        "-n",
+        b_ns,
+        "addr",
+        "add",
+        &format!("{unknown}/32"),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&[
+        "-n",
+        b_ns,
+        "route",
+        "add",
+        &format!("{}/32", c.addr),
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "src",
+        unknown,
+    ])?;
+    let b_mac = "02:7b:00:01:00:02";
+    ip(&[
+        "-n",
+        &lab.node.name,
+        "route",
+        "add",
+        &format!("{unknown}/32"),
+        "dev",
+        &b.host_if,
+    ])?;
+    ip(&[
+        "-n",
+        &lab.node.name,
+        "neigh",
+        "replace",
+        unknown,
+        "lladdr",
+        b_mac,
+        "dev",
+        &b.host_if,
+        "nud",
+        "permanent",
+    ])?;
+    let b_reaches_c = || lab.connect_to("b", "c").is_some_and(|mut e| e.echo());
+    ensure!(
+        b_reaches_c(),
+        "without the agent, b's extra address reaches c"
+    );
+
+    let agent = lab.start_agent()?;
+    ensure!(
+        !b_reaches_c(),
+        "fail-closed: an unknown address on an attached interface is dropped"
+    );
+    ensure!(
+        wait_metric(
+            &lab.node,
+            r#"zt_datapath_packets_total{reason="drop_unknown_endpoint"}"#,
+            1.0
+        ),
+        "counted as drop_unknown_endpoint"
+    );
+    agent.terminate()?;
+
+    let _agent = lab.start_agent_with(&["--fail-open"])?;
+    ensure!(b_reaches_c(), "fail-open: the unknown address passes");
     Ok(())
 }
