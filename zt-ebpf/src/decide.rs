@@ -48,8 +48,7 @@ pub fn decide(ctx: &TcContext, cfg: &Config, dir: u8, pkt: &mut Packet) -> Verdi
     // Step 5: an up-to-date entry for this flow on this interface allows on its own.
     let ifindex = ifindex(ctx);
     let mut key = MaybeUninit::<CtKey>::uninit();
-    let key = zero(&mut key);
-    let hit = conntrack::lookup(pkt, dir, ifindex, key);
+    let (key, hit) = conntrack::lookup(pkt, dir, ifindex, &mut key);
     if let Some((entry, ct_reason)) = hit {
         // SAFETY: a map value pointer returned by the kernel, valid for this program run.
         if unsafe { (*entry).revision } == cfg.policy_revision {
