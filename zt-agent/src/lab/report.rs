@@ -141,6 +141,9 @@ impl Report {
             }
             out.push('\n');
         }
+        out.push_str(
+            "rows: from, columns: to; . allowed, X denied, - not served (or self), ? not probed\n",
+        );
         let allowed = self.results.iter().filter(|o| o.allowed).count();
         let _ = writeln!(
             out,
