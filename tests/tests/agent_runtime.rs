@@ -690,6 +690,11 @@ fn restart(layout: Layout) -> anyhow::Result<()> {
             .any(|(ip, v)| *ip == IpAddr::V4(lab.pod("a").addr) && v.ifindex == a_ifindex),
         "a's endpoint names its interface"
     );
+    // The agent detaches an interface after it has been unneeded for three turns (~3 s).
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while lab.link_pins().len() > 4 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
     let pins = lab.link_pins();
     ensure!(
         !pins.iter().any(|p| p.starts_with(&format!("{c_ifindex}-"))),

@@ -138,6 +138,25 @@ pub struct Discovery {
 }
 
 impl Discovery {
+    /// Starts from known (address, ifindex) pairs, such as the endpoints the maps hold; pairs
+    /// whose ifindex is no veth in `links` are ignored.
+    pub fn seed(&mut self, known: impl IntoIterator<Item = (IpAddr, u32)>, links: &[Link]) {
+        for (addr, ifindex) in known {
+            if let Some(link) = links
+                .iter()
+                .find(|l| l.ifindex == ifindex && l.kind() == Some("veth"))
+            {
+                self.cache.insert(
+                    addr,
+                    HostIf {
+                        ifindex,
+                        ifname: link.ifname.clone(),
+                    },
+                );
+            }
+        }
+    }
+
     /// The host-side interface of each of `addrs` that has one now. `links` is the namespace's
     /// current [`list_links`].
     pub fn resolve(
@@ -324,6 +343,28 @@ mod tests {
         assert_eq!(bridge_port(5, "cni0", &links), None);
         assert_eq!(bridge_port(9, "cni0", &links), None);
         assert_eq!(bridge_port(7, "br1", &links), None);
+    }
+
+    #[test]
+    fn seeds_only_veths_that_exist() {
+        let links = parse_links(LINKS).unwrap();
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "10.0.0.2".parse().unwrap(),
+            "10.0.0.3".parse().unwrap(),
+            "10.0.0.4".parse().unwrap(),
+        );
+        let mut discovery = Discovery::default();
+        discovery.seed([(a, 4), (b, 5), (c, 99)], &links);
+        assert_eq!(
+            discovery.cache,
+            BTreeMap::from([(
+                a,
+                HostIf {
+                    ifindex: 4,
+                    ifname: "ztl0".into()
+                }
+            )])
+        );
     }
 
     #[test]

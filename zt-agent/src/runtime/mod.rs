@@ -56,6 +56,8 @@ use crate::{
 
 /// How often the control loop turns without source changes (interface discovery, counters).
 const TICK: Duration = Duration::from_secs(1);
+/// Turns an attached interface must stay unneeded before it is detached.
+const DETACH_AFTER_TURNS: u32 = 3;
 /// How often a `dir:` source looks at its folder.
 const DIR_POLL: Duration = Duration::from_millis(250);
 
@@ -168,10 +170,21 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
     tracing::info!(listen = %args.listen, "serving /healthz /readyz /metrics");
     tokio::spawn(serve::serve(listener, Arc::new(registry), health.clone()));
 
+    // What the maps say about each endpoint's interface is where discovery starts: a restarted
+    // agent finds its pods' interfaces without asking for a single route.
+    let mut discovery = Discovery::default();
+    discovery.seed(
+        applied
+            .endpoints
+            .iter()
+            .map(|(addr, value)| (*addr, value.ifindex)),
+        &links,
+    );
     let mut control = Control {
         loaded,
         attacher,
-        discovery: Discovery::default(),
+        unneeded: BTreeMap::new(),
+        discovery,
         index: Index::default(),
         compiler,
         applied,
@@ -218,6 +231,8 @@ fn live(links: &[iface::Link]) -> BTreeMap<u32, String> {
 struct Control {
     loaded: Loaded,
     attacher: Attacher,
+    /// Attached interfaces no pod needed, with how many turns in a row.
+    unneeded: BTreeMap<u32, u32>,
     discovery: Discovery,
     index: Index,
     compiler: Compiler,
@@ -329,9 +344,20 @@ impl Control {
                 attach_failed += 1;
             }
         }
+        // An interface no pod needs is detached once it has been unneeded for a few turns (a
+        // failed lookup must not strip a live pod of its programs), or at once when it is gone.
+        self.unneeded
+            .retain(|ifindex, _| !needed.contains_key(ifindex));
         for ifindex in self.attacher.ifindexes() {
-            if !needed.contains_key(&ifindex) {
+            if needed.contains_key(&ifindex) {
+                continue;
+            }
+            let turns = self.unneeded.entry(ifindex).or_insert(0);
+            *turns += 1;
+            let gone = !links.iter().any(|l| l.ifindex == ifindex);
+            if gone || *turns >= DETACH_AFTER_TURNS {
                 self.attacher.detach(ifindex);
+                self.unneeded.remove(&ifindex);
             }
         }
         unattached += found
