@@ -283,7 +283,7 @@ pub mod random {
             Self(seed.max(1))
         }
 
-        pub fn next(&mut self) -> u64 {
+        pub fn next_u64(&mut self) -> u64 {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
@@ -291,7 +291,7 @@ pub mod random {
         }
 
         pub fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
+            (self.next_u64() % n as u64) as usize
         }
 
         pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
@@ -299,7 +299,7 @@ pub mod random {
         }
 
         pub fn chance(&mut self, percent: u64) -> bool {
-            self.next() % 100 < percent
+            self.next_u64() % 100 < percent
         }
     }
 
@@ -391,7 +391,7 @@ pub mod random {
             "{port: 80, endPort: 81, protocol: TCP}",
             "{protocol: UDP}",
         ];
-        *rng.pick(&PORTS)
+        PORTS[rng.below(PORTS.len())]
     }
 
     fn rules(rng: &mut Rng, peers_key: &str) -> String {
