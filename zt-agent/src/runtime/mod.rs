@@ -106,6 +106,7 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
     health.set(Some("starting".into()));
     health.beat();
 
+    let loading = std::time::Instant::now();
     let mut loaded = Loaded::load(&args.pin_root)?;
     let config = maps::configure(&mut loaded.ebpf, args.fail_open)?;
     let applied = maps::read_state(&loaded.ebpf)?;
@@ -116,6 +117,7 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
         policy = applied.policy.len(),
         revision = config.policy_revision,
         fail_closed = !args.fail_open,
+        load_ms = loading.elapsed().as_millis() as u64,
         "loaded the datapath; adopting what the maps hold"
     );
     let links = iface::list_links()?;
