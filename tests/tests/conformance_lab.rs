@@ -157,3 +157,53 @@ fn bad_manifests_are_refused_naming_file_and_object() {
         "{stderr}"
     );
 }
+
+#[test]
+fn sctp_is_probed_over_raw_sockets_and_enforced_by_port() {
+    require_root();
+    let yaml = "
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: s, labels: {app: a}}
+spec: {containers: [{name: c, image: none, ports: [{containerPort: 9, protocol: SCTP}, {containerPort: 10, protocol: SCTP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: s, labels: {app: b}}
+spec: {containers: [{name: c, image: none, ports: [{containerPort: 9, protocol: SCTP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: s, labels: {app: c}}
+spec: {containers: [{name: c, image: none}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-sctp-9-from-b, namespace: s}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: b}}}], ports: [{port: 9, protocol: SCTP}]}]
+";
+    let resources = zt_agent::manifests::parse(Path::new("sctp.yaml"), yaml).unwrap();
+    let lab = Lab::build(resources, None).unwrap_or_else(|e| panic!("build: {e}"));
+    let report = lab.probe(Timeouts::default());
+    assert!(report.not_probed.is_empty(), "{report:?}");
+    let sctp = zt_agent::lab::Protocol::Sctp;
+    let expect = [
+        ("s/b", "s/a", 9, true),
+        ("s/c", "s/a", 9, false),
+        ("s/b", "s/a", 10, false),
+        ("s/c", "s/a", 10, false),
+        ("s/a", "s/b", 9, true),
+        ("s/c", "s/b", 9, true),
+    ];
+    for (from, to, port, allowed) in expect {
+        assert_eq!(
+            report.allowed(from, to, port, sctp),
+            Some(allowed),
+            "{from} → {to} SCTP/{port}\n{}",
+            report.table()
+        );
+    }
+    assert_eq!(report.results.len(), expect.len());
+}

@@ -17,6 +17,7 @@ pub mod net;
 pub mod plan;
 pub mod probe;
 pub mod report;
+pub mod sctp;
 pub mod serve;
 pub mod state;
 

@@ -2,8 +2,9 @@
 //! completes) or a UDP datagram echoed back, all probes in parallel on a pool of threads.
 //!
 //! A denied TCP probe is a SYN the datapath dropped: it times out. A UDP probe is retried, as
-//! datagrams may be lost. SCTP is not probed (this kernel has no SCTP): its outcome is `None`,
-//! never a guess.
+//! datagrams may be lost. SCTP (this kernel has none) is an INIT over a raw IPv4 socket that must
+//! get its INIT-ACK ([`super::sctp`]), retried like UDP; SCTP over IPv6 is not probed: its outcome
+//! is `None`, never a guess.
 
 use std::{
     io::ErrorKind,
@@ -70,7 +71,16 @@ pub fn run(
                     let outcome = match probe.port.protocol {
                         Protocol::Tcp => Some(tcp(to, timeouts)),
                         Protocol::Udp => Some(udp(to, timeouts)),
-                        Protocol::Sctp => None,
+                        Protocol::Sctp => match ip {
+                            IpAddr::V4(v4) => Some(super::sctp::probe(
+                                v4,
+                                probe.port.port,
+                                32768 + (i % 28000) as u16,
+                                timeouts.udp_reply,
+                                timeouts.udp_attempts,
+                            )),
+                            IpAddr::V6(_) => None,
+                        },
                     };
                     outcomes.lock().expect("no probe panics holding it")[i] = outcome;
                 }

@@ -4,11 +4,11 @@
 //! ```text
 //! {"results":     [{"from":"ns/pod","to":"ns/pod","port":80,"protocol":"TCP","allowed":true}, …],
 //!  "results_ipv6":[ same shape, IPv6 probes between pods that both have an IPv6 address ],
-//!  "not_probed":  [{"from":…,"to":…,"port":…,"protocol":"SCTP","reason":"…"}, …],
+//!  "not_probed":  [{"from":…,"to":…,"port":…,"protocol":"SCTP","reason":"…"}, …],  (SCTP over IPv6)
 //!  "pods":        [{"pod":"ns/pod","ipv4":"10.88.0.1","ipv6":null}, …]}
 //! ```
-//! `results` holds exactly the probes that ran over IPv4; a probe that could not be run (SCTP on a
-//! kernel without SCTP) is listed in `not_probed`, never in `results` with a guessed answer.
+//! `results` holds exactly the probes that ran over IPv4, SCTP included (raw sockets); a probe that
+//! could not be run (SCTP over IPv6) is listed in `not_probed`, never with a guessed answer.
 
 use std::fmt::Write as _;
 
@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::plan::{LabPod, Port, Probe, Protocol};
 
-const SCTP_REASON: &str = "this kernel has no SCTP: SCTP is tested with BPF_PROG_TEST_RUN instead";
+const SCTP_REASON: &str = "SCTP is probed over raw IPv4 sockets only (this kernel has no SCTP)";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Outcome {
@@ -83,14 +83,13 @@ impl Report {
                         report.results.push(outcome);
                     }
                 }
-                None if !probe.ipv6 => report.not_probed.push(NotProbed {
+                None => report.not_probed.push(NotProbed {
                     from,
                     to,
                     port,
                     protocol,
                     reason: SCTP_REASON,
                 }),
-                None => {}
             }
         }
         report

@@ -2,7 +2,8 @@
 //!
 //! Sockets are created by a thread that entered the pod's namespace and keep that namespace, so
 //! the serving threads themselves live anywhere. They bind the IPv6 wildcard (dual stack) and fall
-//! back to IPv4 only when IPv6 is off. SCTP ports are not served: this kernel has no SCTP.
+//! back to IPv4 only when IPv6 is off. SCTP ports get one raw responder per pod ([`super::sctp`]):
+//! this kernel has no SCTP.
 
 use std::{
     io::ErrorKind,
@@ -59,6 +60,20 @@ impl Servers {
                 Protocol::Sctp => continue,
             };
             self.threads.push(handle);
+        }
+        let sctp: Vec<u16> = ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Sctp)
+            .map(|p| p.port)
+            .collect();
+        if !sctp.is_empty() {
+            let fd = netns
+                .run(|| super::sctp::socket(POLL))?
+                .map_err(|e| Error::Other(format!("serve {} SCTP (raw): {e}", netns.name)))?;
+            let stop = Arc::clone(&self.stop);
+            self.threads.push(thread::spawn(move || {
+                super::sctp::respond(&fd, &sctp, &stop)
+            }));
         }
         Ok(())
     }
