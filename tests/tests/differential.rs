@@ -29,10 +29,11 @@ fn disagreements(cluster: &Cluster, states: &[&DatapathState]) -> Vec<String> {
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 1000,
-        ..ProptestConfig::default()
-    }
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1000);
+    ProptestConfig::with_cases(cases)
 }
 
 proptest! {

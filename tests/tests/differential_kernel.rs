@@ -53,10 +53,11 @@ fn load(state: &zt_agent::datapath::DatapathState) -> anyhow::Result<Datapath> {
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 24,
-        ..ProptestConfig::default()
-    }
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(24);
+    ProptestConfig::with_cases(cases)
 }
 
 proptest! {

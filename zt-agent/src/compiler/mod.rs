@@ -16,7 +16,7 @@ pub mod ports;
 pub mod selector;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt,
     net::IpAddr,
 };
@@ -81,6 +81,43 @@ pub struct Compiler {
     policy_names: HashMap<u32, String>,
     warnings: Vec<Warning>,
     skipped: u64,
+    /// The last output's policy entries per subject identity, sorted by key.
+    entries: Entries,
+}
+
+type Entries = BTreeMap<u32, Vec<(PolicyKey, PolicyValue)>>;
+
+/// Adds to `delta` what turns the sorted entry list `old` into `new`.
+fn diff_sorted(
+    old: &[(PolicyKey, PolicyValue)],
+    new: &[(PolicyKey, PolicyValue)],
+    delta: &mut BTreeMap<PolicyKey, Option<PolicyValue>>,
+) {
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some((ok, ov)), Some((nk, nv))) if ok == nk => {
+                if ov != nv {
+                    delta.insert(*nk, Some(*nv));
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some((ok, _)), Some((nk, _))) if ok < nk => {
+                delta.insert(*ok, None);
+                i += 1;
+            }
+            (Some((ok, _)), None) => {
+                delta.insert(*ok, None);
+                i += 1;
+            }
+            (_, Some((nk, nv))) => {
+                delta.insert(*nk, Some(*nv));
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
 }
 
 impl Compiler {
@@ -113,9 +150,29 @@ impl Compiler {
 
     /// Compiles `index` and returns what changed since the previous update.
     pub fn update(&mut self, index: &Index) -> StateDelta {
-        let (desired, warnings) = self.compile(index);
-        let delta = self.state.diff(&desired);
+        let (desired, entries, warnings) = self.compile(index);
+        // Entries of different subjects are disjoint (the subject is in the key), so only the
+        // subjects whose entry list changed are diffed.
+        let policy = std::mem::take(&mut self.state.policy);
+        let mut delta = self.state.diff(&desired);
         self.state = desired;
+        self.state.policy = policy;
+        let empty = Vec::new();
+        let subjects: BTreeSet<u32> = entries.keys().chain(self.entries.keys()).copied().collect();
+        for subject in subjects {
+            let old = self.entries.get(&subject).unwrap_or(&empty);
+            let new = entries.get(&subject).unwrap_or(&empty);
+            if old != new {
+                diff_sorted(old, new, &mut delta.policy);
+            }
+        }
+        for (key, value) in &delta.policy {
+            match value {
+                Some(v) => self.state.policy.insert(*key, *v),
+                None => self.state.policy.remove(key),
+            };
+        }
+        self.entries = entries;
         let old: HashSet<&Warning> = self.warnings.iter().collect();
         for w in warnings.iter().filter(|w| !old.contains(w)) {
             tracing::warn!(object = %w.object, "{}", w.message);
@@ -125,7 +182,8 @@ impl Compiler {
         delta
     }
 
-    fn compile(&mut self, index: &Index) -> (DatapathState, Vec<Warning>) {
+    /// The desired endpoints and identities, the policy entries per subject, the warnings.
+    fn compile(&mut self, index: &Index) -> (DatapathState, Entries, Vec<Warning>) {
         let mut warnings = Vec::new();
         let mut policies: Vec<(String, u32, Policy)> = Vec::with_capacity(index.policies.len());
         for ((ns, name), info) in &index.policies {
@@ -174,6 +232,11 @@ impl Compiler {
             cache: HashMap::new(),
         };
         let mut subjects: BTreeMap<u32, EndpointValue> = BTreeMap::new();
+        let mut subject_entries: Entries = BTreeMap::new();
+        let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, (ns, _, _)) in policies.iter().enumerate() {
+            by_namespace.entry(ns.as_str()).or_default().push(i);
+        }
         for (_, id) in &local {
             if subjects.contains_key(id) {
                 continue;
@@ -183,10 +246,14 @@ impl Compiler {
                 identity: *id,
                 ..Default::default()
             };
-            for (i, (ns, policy_ref, p)) in policies.iter().enumerate() {
-                if *ns != class.namespace
-                    || !p.selector.as_ref().is_none_or(|s| s.matches(&class.labels))
-                {
+            let mut entries = Vec::new();
+            let in_namespace = by_namespace
+                .get(class.namespace.as_str())
+                .into_iter()
+                .flatten();
+            for &i in in_namespace {
+                let (ns, policy_ref, p) = &policies[i];
+                if !p.selector.as_ref().is_none_or(|s| s.matches(&class.labels)) {
                     continue;
                 }
                 for (dir, rules) in [
@@ -208,7 +275,7 @@ impl Compiler {
                     for (r, rule) in rules.iter().enumerate() {
                         let peers = resolver.peers(ns, (i, dir, r), rule);
                         let tuples = emit(
-                            &mut state,
+                            &mut entries,
                             &world,
                             *id,
                             class,
@@ -228,12 +295,16 @@ impl Compiler {
             if self.options.audit {
                 value.flags |= flags::AUDIT;
             }
+            // Sorted by key then ref: the first of equal keys carries the lowest ref.
+            entries.sort_unstable_by_key(|(k, v)| (*k, v.policy_ref));
+            entries.dedup_by_key(|(k, _)| *k);
+            subject_entries.insert(*id, entries);
             subjects.insert(*id, value);
         }
         for (addr, id) in local {
             state.endpoints.insert(addr, subjects[&id]);
         }
-        (state, warnings)
+        (state, subject_entries, warnings)
     }
 
     fn policy_ref(&mut self, ns: &str, name: &str) -> u32 {
@@ -270,10 +341,10 @@ impl Resolver<'_> {
     }
 }
 
-/// Writes one rule's entries for `subject`; returns the tuple bits they use.
+/// Appends one rule's entries for `subject`; returns the tuple bits they use.
 #[allow(clippy::too_many_arguments)]
 fn emit(
-    state: &mut DatapathState,
+    out: &mut Vec<(PolicyKey, PolicyValue)>,
     world: &identities::World,
     subject: u32,
     class: &PodClass,
@@ -291,11 +362,7 @@ fn emit(
             protocol,
             tuple: tuple::key_byte(dir, slot),
         };
-        let value = state
-            .policy
-            .entry(key)
-            .or_insert(PolicyValue { policy_ref });
-        value.policy_ref = value.policy_ref.min(policy_ref);
+        out.push((key, PolicyValue { policy_ref }));
         bits |= tuple::bit(peer == ANY, slot);
     };
     let all_peers = [ANY];
