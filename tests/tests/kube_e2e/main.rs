@@ -281,9 +281,14 @@ impl E2e {
 
 /// A pod bound to the lab's node, with the address its namespace has (set as a kubelet would).
 async fn create_pod(pods: &Api<Pod>, n: u8, name: &str, app: &str) {
+    create_pod_on(pods, "ztkube-node", n, name, app).await;
+}
+
+/// A pod bound to `node`: another node's pods are peers only (this agent enforces none of their rules).
+async fn create_pod_on(pods: &Api<Pod>, node: &str, n: u8, name: &str, app: &str) {
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": app}},
-        "spec": {"nodeName": "ztkube-node", "containers": [{"name": "c", "image": "none",
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "none",
                  "ports": [{"name": "echo", "containerPort": PORT, "protocol": "TCP"}]}]},
     }))
     .unwrap();
@@ -502,4 +507,53 @@ async fn an_agent_restart_under_traffic_loses_no_established_allowed_flow() {
         worst.as_millis()
     );
     e2e.now(OTHER, WEB, false, "after the second restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_other_nodes_are_peers_by_their_labels_and_not_enforced_here() {
+    let mut e2e = E2e::start(&[WEB]).await;
+    e2e.apply_policy("web-ingress", "web", "client").await;
+    const REMOTE_CLIENT: (u8, &str, &str) = (4, "remote-client", "client");
+    const REMOTE_OTHER: (u8, &str, &str) = (5, "remote-other", "other");
+    for (n, name, app) in [REMOTE_CLIENT, REMOTE_OTHER] {
+        e2e.node.add_pod(n, PORT);
+        create_pod_on(&e2e.pods, "ztkube-remote", n, name, app).await;
+    }
+    e2e.eventually(REMOTE_CLIENT, WEB, true);
+    e2e.eventually(REMOTE_OTHER, WEB, false);
+
+    // A policy isolating the remote pod is its own node's to enforce, not this one's.
+    let deny: NetworkPolicy = serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "other-deny-all"},
+        "spec": {"podSelector": {"matchLabels": {"app": "other"}}, "policyTypes": ["Ingress"]},
+    }))
+    .unwrap();
+    e2e.policies
+        .create(&PostParams::default(), &deny)
+        .await
+        .expect("create deny-all");
+    std::thread::sleep(Duration::from_secs(1));
+    e2e.now(
+        WEB,
+        REMOTE_OTHER,
+        true,
+        "a remote pod's ingress is enforced on its own node",
+    );
+    e2e.now(REMOTE_OTHER, WEB, false, "still not a client");
+
+    // Relabelled on its node, the remote pod becomes a client here.
+    let relabel = json!({"metadata": {"labels": {"app": "client"}}});
+    e2e.pods
+        .patch(
+            REMOTE_OTHER.1,
+            &PatchParams::default(),
+            &Patch::Merge(&relabel),
+        )
+        .await
+        .expect("relabel");
+    report(
+        "remote pod relabel enforced",
+        e2e.eventually(REMOTE_OTHER, WEB, true),
+    );
 }
