@@ -12,7 +12,14 @@ use aya::{
     maps::MapInfo,
     programs::{ProgramError, SchedClassifier},
 };
-use zt_common::names;
+use zt_common::{
+    config::Config,
+    conntrack::{CtKey, CtValue, FragKey, FragValue},
+    endpoint::{EndpointKey, EndpointValue},
+    names::{self, capacity},
+    policy::{PolicyKey, PolicyValue},
+    reason,
+};
 
 use crate::error::{Error, Result};
 
@@ -37,6 +44,7 @@ impl Loaded {
             })?;
         }
         check_bpffs(&maps_dir)?;
+        check_pinned_maps(&maps_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(crate::datapath::object())
@@ -75,6 +83,108 @@ pub fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassi
         .map_err(|e: ProgramError| Error::Ebpf(format!("{name}: {e}")))
 }
 
+/// A map's shape: what must match for a pinned map to be reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+const fn shape(key_size: usize, value_size: usize, max_entries: u32) -> Shape {
+    Shape {
+        key_size: key_size as u32,
+        value_size: value_size as u32,
+        max_entries,
+    }
+}
+
+/// The shape of every map the object declares, from the shared contract. LPM trie keys carry a
+/// 4-byte prefix length before the address; a ring buffer has no key or value.
+pub fn expected_shapes() -> [(&'static str, Shape); 9] {
+    use std::mem::size_of;
+    [
+        (names::MAP_CONFIG, shape(4, size_of::<Config>(), 1)),
+        (
+            names::MAP_ENDPOINTS,
+            shape(
+                size_of::<EndpointKey>(),
+                size_of::<EndpointValue>(),
+                capacity::ENDPOINTS,
+            ),
+        ),
+        (
+            names::MAP_IDENTITY_V4,
+            shape(4 + 4, 4, capacity::IDENTITY_V4),
+        ),
+        (
+            names::MAP_IDENTITY_V6,
+            shape(4 + 16, 4, capacity::IDENTITY_V6),
+        ),
+        (
+            names::MAP_POLICY,
+            shape(
+                size_of::<PolicyKey>(),
+                size_of::<PolicyValue>(),
+                capacity::POLICY,
+            ),
+        ),
+        (
+            names::MAP_CONNTRACK,
+            shape(
+                size_of::<CtKey>(),
+                size_of::<CtValue>(),
+                capacity::CONNTRACK,
+            ),
+        ),
+        (
+            names::MAP_FRAGMENTS,
+            shape(
+                size_of::<FragKey>(),
+                size_of::<FragValue>(),
+                capacity::FRAGMENTS,
+            ),
+        ),
+        (names::MAP_COUNTERS, shape(4, 8, reason::COUNT)),
+        (names::MAP_EVENTS, shape(0, 0, capacity::EVENTS)),
+    ]
+}
+
+/// Why a pinned map cannot be reused, if it cannot.
+pub fn incompatible(name: &str, pinned: Shape, expected: Shape) -> Option<String> {
+    (pinned != expected).then(|| {
+        format!("pinned map {name} has {pinned:?}, this agent's object needs {expected:?}")
+    })
+}
+
+/// aya reuses a pinned map by name without comparing its definition, so a map pinned by an
+/// agent built from another contract would be silently shared. Refuse instead: the running
+/// programs keep enforcing with their maps until the pins are removed on purpose.
+fn check_pinned_maps(dir: &Path) -> Result<()> {
+    for (name, expected) in expected_shapes() {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path)
+            .map_err(|e| Error::Ebpf(format!("{}: {e}", path.display())))?;
+        let pinned = Shape {
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        };
+        if let Some(why) = incompatible(name, pinned, expected) {
+            return Err(Error::Ebpf(format!(
+                "{why}; the pinned programs keep enforcing with the old maps. To upgrade, remove {} \
+                 (and {}) so the maps are created anew",
+                dir.display(),
+                dir.with_file_name("links").display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn check_bpffs(dir: &Path) -> Result<()> {
     let stat = nix::sys::statfs::statfs(dir)
         .map_err(|e| Error::Other(format!("statfs {}: {e}", dir.display())))?;
@@ -85,4 +195,35 @@ fn check_bpffs(dir: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_follow_the_contract() {
+        let shapes = expected_shapes();
+        let names: Vec<&str> = shapes.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, names::PINNED_MAPS, "every pinned map has a shape");
+        let policy = shapes
+            .iter()
+            .find(|(n, _)| *n == names::MAP_POLICY)
+            .unwrap()
+            .1;
+        assert_eq!(policy, shape(12, 4, capacity::POLICY));
+    }
+
+    #[test]
+    fn any_difference_is_incompatible() {
+        let expected = shape(16, 32, 4096);
+        assert_eq!(incompatible("m", expected, expected), None);
+        for pinned in [
+            shape(16, 24, 4096),
+            shape(20, 32, 4096),
+            shape(16, 32, 1024),
+        ] {
+            assert!(incompatible("m", pinned, expected).is_some(), "{pinned:?}");
+        }
+    }
 }
