@@ -68,3 +68,37 @@ proptest! {
         prop_assert!(bad.is_empty(), "{} disagreements, first: {:?}", bad.len(), &bad[..bad.len().min(5)]);
     }
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Small edits (a policy removed, a pod relabelled, a pod gone), back and forth, through one
+    /// compiler: most subjects reuse their cached entries, and every step must still agree.
+    #[test]
+    fn small_edits_through_one_compiler_agree_with_the_oracle(before in cluster(), pick in 0usize..16) {
+        let mut edits = vec![before.clone()];
+        if !before.policies.is_empty() {
+            let mut c = before.clone();
+            c.policies.remove(pick % before.policies.len());
+            edits.push(c);
+        }
+        let mut relabelled = before.clone();
+        let n = relabelled.pods.len();
+        let labels = relabelled.pods[(pick + 1) % n].metadata.labels.clone();
+        relabelled.pods[pick % n].metadata.labels = labels;
+        edits.push(relabelled);
+        let mut fewer = before.clone();
+        fewer.pods.remove(pick % n);
+        edits.push(fewer);
+        edits.push(before.clone());
+
+        let mut compiler = Compiler::new(Options::default());
+        let mut applied = DatapathState::default();
+        for cluster in &edits {
+            applied.apply(&compiler.update(&compiled::index(cluster)));
+            prop_assert_eq!(&applied, compiler.state());
+            let bad = disagreements(cluster, &[compiler.state()]);
+            prop_assert!(bad.is_empty(), "{} disagreements, first: {:?}", bad.len(), &bad[..bad.len().min(5)]);
+        }
+    }
+}

@@ -61,7 +61,7 @@ pub struct World {
     pub namespace_labels: BTreeMap<String, Labels>,
     /// Every identity (pod or CIDR) inside each block.
     pub block_members: HashMap<Block, Vec<u32>>,
-    named: HashMap<(String, u8), Vec<(u32, u16)>>,
+    pub named: HashMap<(String, u8), Vec<(u32, u16)>>,
 }
 
 impl World {

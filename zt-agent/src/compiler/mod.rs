@@ -83,6 +83,16 @@ pub struct Compiler {
     skipped: u64,
     /// The last output's policy entries per subject identity, sorted by key.
     entries: Entries,
+    /// Per subject: the inputs its entries were compiled from, and its endpoint value.
+    cache: HashMap<u32, (SubjectInputs, EndpointValue)>,
+    /// The named-port holders the cache was built against.
+    named: HashMap<(String, u8), Vec<(u32, u16)>>,
+}
+
+#[derive(PartialEq)]
+struct SubjectInputs {
+    policies: Vec<(u32, Policy)>,
+    peers: Vec<Option<Vec<u32>>>,
 }
 
 type Entries = BTreeMap<u32, Vec<(PolicyKey, PolicyValue)>>;
@@ -150,7 +160,8 @@ impl Compiler {
 
     /// Compiles `index` and returns what changed since the previous update.
     pub fn update(&mut self, index: &Index) -> StateDelta {
-        let (desired, entries, warnings) = self.compile(index);
+        let (desired, entries, reused, warnings) = self.compile(index);
+        let old_entries = std::mem::take(&mut self.entries);
         // Entries of different subjects are disjoint (the subject is in the key), so only the
         // subjects whose entry list changed are diffed.
         let policy = std::mem::take(&mut self.state.policy);
@@ -158,9 +169,9 @@ impl Compiler {
         self.state = desired;
         self.state.policy = policy;
         let empty = Vec::new();
-        let subjects: BTreeSet<u32> = entries.keys().chain(self.entries.keys()).copied().collect();
-        for subject in subjects {
-            let old = self.entries.get(&subject).unwrap_or(&empty);
+        let subjects: BTreeSet<u32> = entries.keys().chain(old_entries.keys()).copied().collect();
+        for subject in subjects.into_iter().filter(|s| !reused.contains(s)) {
+            let old = old_entries.get(&subject).unwrap_or(&empty);
             let new = entries.get(&subject).unwrap_or(&empty);
             if old != new {
                 diff_sorted(old, new, &mut delta.policy);
@@ -183,7 +194,9 @@ impl Compiler {
     }
 
     /// The desired endpoints and identities, the policy entries per subject, the warnings.
-    fn compile(&mut self, index: &Index) -> (DatapathState, Entries, Vec<Warning>) {
+    /// Subjects whose inputs did not change reuse their previous entries, which are moved out of
+    /// `self.entries` and listed in the returned set.
+    fn compile(&mut self, index: &Index) -> (DatapathState, Entries, HashSet<u32>, Vec<Warning>) {
         let mut warnings = Vec::new();
         let mut policies: Vec<(String, u32, Policy)> = Vec::with_capacity(index.policies.len());
         for ((ns, name), info) in &index.policies {
@@ -233,6 +246,12 @@ impl Compiler {
         };
         let mut subjects: BTreeMap<u32, EndpointValue> = BTreeMap::new();
         let mut subject_entries: Entries = BTreeMap::new();
+        let mut reused: HashSet<u32> = HashSet::new();
+        let mut cache = HashMap::new();
+        if world.named != self.named {
+            self.cache.clear();
+            self.named = world.named.clone();
+        }
         let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, (ns, _, _)) in policies.iter().enumerate() {
             by_namespace.entry(ns.as_str()).or_default().push(i);
@@ -246,16 +265,60 @@ impl Compiler {
                 identity: *id,
                 ..Default::default()
             };
-            let mut entries = Vec::new();
-            let in_namespace = by_namespace
+            let selecting: Vec<usize> = by_namespace
                 .get(class.namespace.as_str())
                 .into_iter()
-                .flatten();
-            for &i in in_namespace {
+                .flatten()
+                .copied()
+                .filter(|&i| {
+                    policies[i]
+                        .2
+                        .selector
+                        .as_ref()
+                        .is_none_or(|s| s.matches(&class.labels))
+                })
+                .collect();
+            // Everything the subject's entries depend on besides its own class: the selecting
+            // policies and their rules' peer sets (and, through `named_changed`, the named ports).
+            let inputs = SubjectInputs {
+                policies: selecting
+                    .iter()
+                    .map(|&i| (policies[i].1, policies[i].2.clone()))
+                    .collect(),
+                peers: selecting
+                    .iter()
+                    .flat_map(|&i| {
+                        let (ns, _, p) = &policies[i];
+                        let ingress = p
+                            .ingress
+                            .iter()
+                            .flatten()
+                            .enumerate()
+                            .map(move |(r, rule)| (i, direction::INGRESS, r, ns, rule));
+                        let egress = p
+                            .egress
+                            .iter()
+                            .flatten()
+                            .enumerate()
+                            .map(move |(r, rule)| (i, direction::EGRESS, r, ns, rule));
+                        ingress.chain(egress)
+                    })
+                    .map(|(i, dir, r, ns, rule)| resolver.peers(ns, (i, dir, r), rule))
+                    .collect(),
+            };
+            if let Some((cached, value)) = self.cache.get(id)
+                && *cached == inputs
+                && let Some(entries) = self.entries.remove(id)
+            {
+                subject_entries.insert(*id, entries);
+                subjects.insert(*id, *value);
+                reused.insert(*id);
+                cache.insert(*id, (inputs, *value));
+                continue;
+            }
+            let mut entries = Vec::new();
+            for &i in &selecting {
                 let (ns, policy_ref, p) = &policies[i];
-                if !p.selector.as_ref().is_none_or(|s| s.matches(&class.labels)) {
-                    continue;
-                }
                 for (dir, rules) in [
                     (direction::INGRESS, &p.ingress),
                     (direction::EGRESS, &p.egress),
@@ -300,11 +363,13 @@ impl Compiler {
             entries.dedup_by_key(|(k, _)| *k);
             subject_entries.insert(*id, entries);
             subjects.insert(*id, value);
+            cache.insert(*id, (inputs, value));
         }
         for (addr, id) in local {
             state.endpoints.insert(addr, subjects[&id]);
         }
-        (state, subject_entries, warnings)
+        self.cache = cache;
+        (state, subject_entries, reused, warnings)
     }
 
     fn policy_ref(&mut self, ns: &str, name: &str) -> u32 {

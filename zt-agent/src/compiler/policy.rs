@@ -59,7 +59,7 @@ pub struct Rule {
     pub ports: Option<Vec<Port>>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     /// `None` when the selector is invalid: the policy then isolates its whole namespace.
     pub selector: Option<Selector>,
