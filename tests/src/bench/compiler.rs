@@ -118,7 +118,7 @@ fn policy(n: usize, p: usize, port_number: i32) -> NetworkPolicy {
             None,
         ),
     ];
-    let types: &[&str] = if p % 2 == 0 {
+    let types: &[&str] = if p.is_multiple_of(2) {
         &["Ingress", "Egress"]
     } else {
         &["Ingress"]

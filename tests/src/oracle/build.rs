@@ -116,7 +116,6 @@ pub fn mk_policy(
                     .collect()
             }),
         }),
-        ..Default::default()
     }
 }
 

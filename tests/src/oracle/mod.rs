@@ -8,9 +8,9 @@
 //! podSelector selects its whole namespace and allows nothing, host-network and finished pods are
 //! not pods for policy, a named port matches only a destination pod that has it.
 
+pub mod arbitrary;
 pub mod build;
 pub mod compiled;
-pub mod arbitrary;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -28,6 +28,12 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     pub policies: Vec<NetworkPolicy>,
 }
+
+/// A rule's peers (`from` / `to`) and ports, as written.
+type RawRule = (
+    Option<Vec<NetworkPolicyPeer>>,
+    Option<Vec<NetworkPolicyPort>>,
+);
 
 /// A new connection from `src` to `dst` to `port` over `protocol` (`"TCP"`, `"UDP"`, `"SCTP"`,
 /// or anything else for a protocol without ports).
@@ -170,10 +176,7 @@ fn direction_allows(
         if selector_valid.is_none() {
             continue; // invalid podSelector: isolates, allows nothing
         }
-        let rules: Vec<(
-            Option<Vec<NetworkPolicyPeer>>,
-            Option<Vec<NetworkPolicyPort>>,
-        )> = if direction == "Ingress" {
+        let rules: Vec<RawRule> = if direction == "Ingress" {
             spec.ingress
                 .iter()
                 .flatten()
