@@ -89,18 +89,21 @@ fn etcd_delete_refuses_a_missing_key() {
 }
 
 /// A network namespace that exists for one test.
-struct Netns(&'static str);
+struct Netns(String);
 
 impl Netns {
-    fn new(name: &'static str) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+    fn new(name: String) -> Self {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         let ok = Command::new("ip")
-            .args(["netns", "add", name])
+            .args(["netns", "add", &name])
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "ip netns add {name}");
         let ok = Command::new("ip")
-            .args(["-n", name, "link", "set", "lo", "up"])
+            .args(["-n", &name, "link", "set", "lo", "up"])
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "bring up lo in {name}");
@@ -110,15 +113,16 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", self.0]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
 
 #[test]
 fn the_proxy_reaches_the_server_from_a_namespace_and_cuts_on_demand() {
     let server = ApiServer::start().expect("start the API server");
-    let netns = Netns::new("ztkube-proxy");
-    let proxy = Proxy::start(netns.0, server.addr()).expect("start the proxy");
+    // The process id keeps two runs at once apart.
+    let netns = Netns::new(format!("ztkube-{}-proxy", std::process::id()));
+    let proxy = Proxy::start(&netns.0, server.addr()).expect("start the proxy");
     let kubeconfig = server
         .kubeconfig_via(User::Admin, proxy.port())
         .expect("kubeconfig");
@@ -127,7 +131,7 @@ fn the_proxy_reaches_the_server_from_a_namespace_and_cuts_on_demand() {
             .args([
                 "netns",
                 "exec",
-                netns.0,
+                &netns.0,
                 "kubectl",
                 "--request-timeout=5s",
                 "--kubeconfig",
@@ -142,7 +146,7 @@ fn the_proxy_reaches_the_server_from_a_namespace_and_cuts_on_demand() {
         .args([
             "netns",
             "exec",
-            netns.0,
+            &netns.0,
             "kubectl",
             "--request-timeout=5s",
             "--kubeconfig",
@@ -166,7 +170,7 @@ fn the_proxy_reaches_the_server_from_a_namespace_and_cuts_on_demand() {
 
     // A watch through the proxy ends when the proxy cuts it.
     let mut watch = Command::new("ip")
-        .args(["netns", "exec", netns.0, "kubectl", "--kubeconfig"])
+        .args(["netns", "exec", &netns.0, "kubectl", "--kubeconfig"])
         .arg(&kubeconfig)
         .args(["get", "namespaces", "--watch", "--output=name"])
         .stdout(Stdio::null())

@@ -25,13 +25,16 @@ use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use netlab::{Flow, NODE_NS, Node, in_netns, probe};
+use netlab::{Flow, Node, in_netns, node_ns, pod_ns, probe};
 use serde_json::json;
 use zt_tests::apiserver::{ApiServer, Proxy, User};
 
 const NS: &str = "ztkube-e2e";
 const PORT: u16 = 80;
-const PIN_ROOT: &str = "/sys/fs/bpf/ztkube-e2e";
+/// This process's bpffs pin dir (reaped with the namespaces when a killed run left it).
+fn pin_root() -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/ztkube-{}", std::process::id()))
+}
 const AGENT_LISTEN: &str = "127.0.0.1:9990";
 /// How long a change may take to be enforced (watch delivery + compile + map writes).
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -67,7 +70,7 @@ impl Agent {
             .expect("agent log");
         // nsenter switches only the network namespace: the agent keeps the machine's bpffs.
         let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{NODE_NS}"))
+            .arg(format!("--net=/run/netns/{}", node_ns()))
             .arg(zt_agent::lab::agent::binary().expect("the zt-agent binary"))
             .args([
                 "run",
@@ -76,7 +79,7 @@ impl Agent {
                 "--node-name",
                 "ztkube-node",
                 "--pin-root",
-                PIN_ROOT,
+                &pin_root().display().to_string(),
             ])
             .args(["--listen", AGENT_LISTEN])
             .env("KUBECONFIG", &self.kubeconfig)
@@ -134,13 +137,13 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
-        let _ = fs::remove_dir_all(PIN_ROOT);
+        let _ = fs::remove_dir_all(pin_root());
     }
 }
 
 /// `GET /readyz` on the agent, from inside the node namespace.
 fn readyz() -> bool {
-    in_netns(NODE_NS, || {
+    in_netns(&node_ns(), || {
         let Ok(mut conn) =
             TcpStream::connect_timeout(&AGENT_LISTEN.parse().unwrap(), Duration::from_millis(200))
         else {
@@ -175,10 +178,6 @@ fn pod_ip(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 0, n)
 }
 
-fn pod_ns(n: u8) -> String {
-    format!("ztkube-p{n}")
-}
-
 impl E2e {
     async fn start(pods: &[(u8, &str, &str)]) -> E2e {
         assert!(
@@ -202,11 +201,11 @@ impl E2e {
             .await
             .expect("create namespace");
         let mut node = Node::new();
-        let proxy = Proxy::start(NODE_NS, server.addr()).expect("start the proxy");
+        let proxy = Proxy::start(&node_ns(), server.addr()).expect("start the proxy");
         let kubeconfig = server
             .kubeconfig_via(User::Agent, proxy.port())
             .expect("agent kubeconfig");
-        let _ = fs::remove_dir_all(PIN_ROOT);
+        let _ = fs::remove_dir_all(pin_root());
         let pods_api = Api::namespaced(admin.clone(), NS);
         for &(n, name, app) in pods {
             node.add_pod(n, PORT);
@@ -329,7 +328,7 @@ fn the_lab_passes_traffic_between_pods_and_nowhere_else_without_an_agent() {
         "no pod 9"
     );
     let routes = Command::new("ip")
-        .args(["-n", NODE_NS, "route", "show", "default"])
+        .args(["-n", &node_ns(), "route", "show", "default"])
         .output()
         .unwrap();
     assert!(

@@ -13,6 +13,7 @@ use std::{
     fs::File,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::Path,
     process::{Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -24,7 +25,42 @@ use std::{
 
 use nix::sched::{CloneFlags, setns};
 
-pub const NODE_NS: &str = "ztkube-node";
+/// The node namespace of this test process. Names carry the process id, so two runs at once
+/// never touch each other's namespaces; [`reap_dead_runs`] removes what killed runs left.
+pub fn node_ns() -> String {
+    format!("ztkube-{}-node", std::process::id())
+}
+
+/// Pod `n`'s namespace in this test process.
+pub fn pod_ns(n: u8) -> String {
+    format!("ztkube-{}-p{n}", std::process::id())
+}
+
+/// Deletes the namespaces and bpffs pin dirs (`/sys/fs/bpf/ztkube-PID…`) of runs whose process is
+/// gone.
+pub fn reap_dead_runs() {
+    let dead = |name: &str| -> bool {
+        let Some(rest) = name.strip_prefix("ztkube-") else {
+            return false;
+        };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        !pid.is_empty() && !Path::new("/proc").join(&pid).exists()
+    };
+    for (dir, is_netns) in [("/run/netns", true), ("/sys/fs/bpf", false)] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
+            if dead(&name) {
+                if is_netns {
+                    ip_quiet(&["netns", "del", &name]);
+                } else {
+                    let _ = std::fs::remove_dir_all(Path::new(dir).join(&name));
+                }
+            }
+        }
+    }
+}
 const GATEWAY: &str = "169.254.1.1";
 
 fn ip(args: &[&str]) {
@@ -73,15 +109,16 @@ pub struct Node {
 
 impl Node {
     pub fn new() -> Self {
-        ip_quiet(&["netns", "del", NODE_NS]);
-        ip(&["netns", "add", NODE_NS]);
-        let node = Node { pods: Vec::new() };
-        ip(&["-n", NODE_NS, "link", "set", "lo", "up"]);
+        reap_dead_runs();
+        let node = node_ns();
+        ip_quiet(&["netns", "del", &node]);
+        ip(&["netns", "add", &node]);
+        ip(&["-n", &node, "link", "set", "lo", "up"]);
         let out = Command::new("ip")
             .args([
                 "netns",
                 "exec",
-                NODE_NS,
+                &node,
                 "sysctl",
                 "-qw",
                 "net.ipv4.ip_forward=1",
@@ -97,12 +134,13 @@ impl Node {
             "sysctl: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        node
+        Node { pods: Vec::new() }
     }
 
     /// Wires pod number `n` (1..=250) at 10.77.0.n, serving TCP echo on `port`.
     pub fn add_pod(&mut self, n: u8, port: u16) {
-        let netns = format!("ztkube-p{n}");
+        let node = node_ns();
+        let netns = pod_ns(n);
         let host_if = format!("ztkube{n}h");
         let ip4 = Ipv4Addr::new(10, 77, 0, n);
         let (host_mac, pod_mac) = (
@@ -118,10 +156,10 @@ impl Node {
         });
         ip(&["-n", &netns, "link", "set", "lo", "up"]);
         ip(&[
-            "-n", NODE_NS, "link", "add", &host_if, "address", &host_mac, "type", "veth", "peer",
+            "-n", &node, "link", "add", &host_if, "address", &host_mac, "type", "veth", "peer",
             "name", "eth0", "address", &pod_mac, "netns", &netns,
         ]);
-        ip(&["-n", NODE_NS, "link", "set", &host_if, "up"]);
+        ip(&["-n", &node, "link", "set", &host_if, "up"]);
         ip(&[
             "-n",
             &netns,
@@ -151,7 +189,7 @@ impl Node {
         ]);
         ip(&[
             "-n",
-            NODE_NS,
+            &node,
             "route",
             "add",
             &format!("{ip4}/32"),
@@ -160,7 +198,7 @@ impl Node {
         ]);
         ip(&[
             "-n",
-            NODE_NS,
+            &node,
             "neigh",
             "replace",
             &ip4.to_string(),
@@ -181,7 +219,7 @@ impl Drop for Node {
             pod.stop.store(true, Ordering::SeqCst);
             ip_quiet(&["netns", "del", &pod.netns]);
         }
-        ip_quiet(&["netns", "del", NODE_NS]);
+        ip_quiet(&["netns", "del", &node_ns()]);
     }
 }
 
