@@ -35,7 +35,7 @@ on unchanged, and a restarted agent adopts the pins and removes only what became
 
 Pods created while no agent runs have no program on their interface until the agent is back: \
 their own traffic is not filtered, but isolated pods see them as unknown peers (only ipBlock \
-rules or rules for any peer admit them). See docs/readme/agent.md.
+rules or rules for any peer admit them). See README.md, section The agent.
 
 Examples:
   zt-agent run --source kube --node-name \"$NODE_NAME\"

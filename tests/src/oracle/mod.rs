@@ -4,7 +4,7 @@
 //! k8s-openapi objects every time.
 //!
 //! Where the spec leaves room or input is invalid, it follows the choices documented in
-//! `docs/readme/semantics.md`: an invalid peer or port matches nothing, a policy with an invalid
+//! README.md, section Semantics: an invalid peer or port matches nothing, a policy with an invalid
 //! podSelector selects its whole namespace and allows nothing, host-network and finished pods are
 //! not pods for policy, a named port matches only a destination pod that has it.
 

@@ -4,7 +4,7 @@
 //! difference from its previous output. Identity numbers and policy refs are kept stable across
 //! updates, so a change to one pod or one policy touches only the entries it affects.
 //!
-//! Identities (see `docs/readme/semantics.md`): a pod address gets the identity of its class —
+//! Identities (see README.md, section Semantics): a pod address gets the identity of its class —
 //! (namespace, labels, the named ports policies refer to, the ipBlocks containing the address) —
 //! so two addresses share an identity only when every policy predicate treats them alike. Every
 //! ipBlock cidr and except prefix is in the trie; the identity of a prefix is the set of blocks its
