@@ -138,6 +138,10 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
         let _ = fs::remove_dir_all(pin_root());
+        // A failed test keeps the log (its tail is in the panic message; the rest is on disk).
+        if !std::thread::panicking() {
+            let _ = fs::remove_file(&self.log);
+        }
     }
 }
 
