@@ -30,7 +30,17 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Compiler { json } => ("compiler", json),
     };
     let mut bench = Command::new("cargo");
-    bench.args(["run", "--quiet", "--release", "--package", "zt-tests", "--bin", "zt-bench", "--", name]);
+    bench.args([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "zt-tests",
+        "--bin",
+        "zt-bench",
+        "--",
+        name,
+    ]);
     if json {
         bench.arg("--json");
     }

@@ -36,7 +36,9 @@ pub fn succeeds(cmd: &mut Command) -> bool {
 /// Runs `cmd` and returns its stdout, or `None` if it could not run or failed.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn display(cmd: &Command) -> String {
@@ -52,7 +54,9 @@ pub fn display(cmd: &Command) -> String {
 pub fn require_root(what: &str) -> anyhow::Result<()> {
     let uid = output(Command::new("id").arg("-u")).unwrap_or_default();
     if uid.trim() != "0" {
-        bail!("{what} needs root (it loads eBPF programs and creates network namespaces); run it with sudo");
+        bail!(
+            "{what} needs root (it loads eBPF programs and creates network namespaces); run it with sudo"
+        );
     }
     Ok(())
 }

@@ -10,7 +10,10 @@ pub fn build() -> anyhow::Result<()> {
         Command::new("cargo")
             .args(["+nightly", "build", "--package", "zt-ebpf", "--release"])
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-            .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            ),
     )?;
     eprintln!("built target/bpfel-unknown-none/release/zt");
     Ok(())

@@ -4,13 +4,19 @@
 
 use std::process::Command;
 
-use crate::{cmd, ebpf, e2e, toolchain};
+use crate::{cmd, e2e, ebpf, toolchain};
 
 pub fn run() -> anyhow::Result<()> {
     cmd::require_root("cargo xtask test")?;
     toolchain::ensure_debian_packages()?;
     ebpf::build()?;
-    cmd::run(Command::new("cargo").args(["test", "--package", "zt-common", "--package", "zt-agent"]))?;
+    cmd::run(Command::new("cargo").args([
+        "test",
+        "--package",
+        "zt-common",
+        "--package",
+        "zt-agent",
+    ]))?;
     // The lab and the agent tests run the agent binary itself.
     cmd::run(Command::new("cargo").args(["build", "--package", "zt-agent", "--bin", "zt-agent"]))?;
     // Kernel tiers share kernel state (programs, maps, namespaces): one test at a time.

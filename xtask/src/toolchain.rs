@@ -23,13 +23,27 @@ pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
     let installed = cmd::output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", NIGHTLY]))
         .context("rustup with a nightly toolchain is required to build the eBPF object (`rustup toolchain install nightly`)")?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("installing the nightly's rust-src component (needed to build core for the BPF target)");
-        cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+        eprintln!(
+            "installing the nightly's rust-src component (needed to build core for the BPF target)"
+        );
+        cmd::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
     }
     let linker = cmd::output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
     if !linker.contains(BPF_LINKER_VERSION) {
-        eprintln!("installing bpf-linker {BPF_LINKER_VERSION} (links the eBPF object with rustc's LLVM)");
-        cmd::run(Command::new("cargo").args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"]))?;
+        eprintln!(
+            "installing bpf-linker {BPF_LINKER_VERSION} (links the eBPF object with rustc's LLVM)"
+        );
+        cmd::run(Command::new("cargo").args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+        ]))?;
     }
     Ok(())
 }
@@ -37,7 +51,9 @@ pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
 pub fn ensure_debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
-        .filter(|(_, probe)| !cmd::succeeds(Command::new("sh").args(["-c", &format!("command -v {probe}")])))
+        .filter(|(_, probe)| {
+            !cmd::succeeds(Command::new("sh").args(["-c", &format!("command -v {probe}")]))
+        })
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {

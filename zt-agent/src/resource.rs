@@ -24,8 +24,15 @@ pub enum Resource {
 #[derive(Clone, Debug)]
 pub enum SourceEvent {
     Apply(Resource),
-    Delete { kind: Kind, namespace: Option<String>, name: String },
-    Reset { kind: Kind, objects: Vec<Resource> },
+    Delete {
+        kind: Kind,
+        namespace: Option<String>,
+        name: String,
+    },
+    Reset {
+        kind: Kind,
+        objects: Vec<Resource>,
+    },
 }
 
 impl Resource {

@@ -41,8 +41,18 @@ pub fn plan(applied: &DatapathState, delta: &StateDelta) -> Vec<MapWrite> {
     let mut writes = Vec::with_capacity(delta.len() + 1);
     let mut finals = Vec::new();
 
-    writes.extend(delta.policy.iter().filter_map(|(k, v)| v.map(|v| MapWrite::Policy(*k, Op::Upsert(v)))));
-    writes.extend(delta.identities.iter().filter_map(|(k, v)| v.map(|v| MapWrite::Identity(*k, Op::Upsert(v)))));
+    writes.extend(
+        delta
+            .policy
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| MapWrite::Policy(*k, Op::Upsert(v)))),
+    );
+    writes.extend(
+        delta
+            .identities
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| MapWrite::Identity(*k, Op::Upsert(v)))),
+    );
     for (addr, new) in &delta.endpoints {
         let Some(new) = new else { continue };
         let value = match applied.endpoints.get(addr) {
@@ -58,9 +68,27 @@ pub fn plan(applied: &DatapathState, delta: &StateDelta) -> Vec<MapWrite> {
         writes.push(MapWrite::Endpoint(*addr, Op::Upsert(value)));
     }
 
-    writes.extend(delta.endpoints.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| MapWrite::Endpoint(*k, Op::Delete)));
-    writes.extend(delta.identities.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| MapWrite::Identity(*k, Op::Delete)));
-    writes.extend(delta.policy.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| MapWrite::Policy(*k, Op::Delete)));
+    writes.extend(
+        delta
+            .endpoints
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| MapWrite::Endpoint(*k, Op::Delete)),
+    );
+    writes.extend(
+        delta
+            .identities
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| MapWrite::Identity(*k, Op::Delete)),
+    );
+    writes.extend(
+        delta
+            .policy
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| MapWrite::Policy(*k, Op::Delete)),
+    );
     writes.extend(finals);
 
     let may_revoke = !delta.endpoints.is_empty()
@@ -96,28 +124,51 @@ mod tests {
     use super::*;
 
     fn ep(identity: u32, flags: u32, ingress_tuples: u64) -> EndpointValue {
-        EndpointValue { identity, flags, ingress_tuples, ..Default::default() }
+        EndpointValue {
+            identity,
+            flags,
+            ingress_tuples,
+            ..Default::default()
+        }
     }
 
     fn key(subject: u32, peer: u32) -> PolicyKey {
-        PolicyKey { subject, peer, port: 80, protocol: 6, tuple: 16 }
+        PolicyKey {
+            subject,
+            peer,
+            port: 80,
+            protocol: 6,
+            tuple: 16,
+        }
     }
 
     #[test]
     fn pure_policy_adds_do_not_bump_the_revision() {
         let applied = DatapathState::default();
         let mut desired = DatapathState::default();
-        desired.policy.insert(key(1, 2), PolicyValue { policy_ref: 1 });
+        desired
+            .policy
+            .insert(key(1, 2), PolicyValue { policy_ref: 1 });
         let writes = plan(&applied, &applied.diff(&desired));
-        assert_eq!(writes, vec![MapWrite::Policy(key(1, 2), Op::Upsert(PolicyValue { policy_ref: 1 }))]);
+        assert_eq!(
+            writes,
+            vec![MapWrite::Policy(
+                key(1, 2),
+                Op::Upsert(PolicyValue { policy_ref: 1 })
+            )]
+        );
     }
 
     #[test]
     fn adds_come_before_deletes_and_deletes_bump_the_revision() {
         let mut applied = DatapathState::default();
-        applied.policy.insert(key(1, 2), PolicyValue { policy_ref: 1 });
+        applied
+            .policy
+            .insert(key(1, 2), PolicyValue { policy_ref: 1 });
         let mut desired = DatapathState::default();
-        desired.policy.insert(key(1, 3), PolicyValue { policy_ref: 2 });
+        desired
+            .policy
+            .insert(key(1, 3), PolicyValue { policy_ref: 2 });
         let writes = plan(&applied, &applied.diff(&desired));
         assert_eq!(
             writes,
@@ -154,10 +205,14 @@ mod tests {
     #[test]
     fn applying_the_diff_reaches_the_desired_state() {
         let mut applied = DatapathState::default();
-        applied.policy.insert(key(1, 2), PolicyValue { policy_ref: 1 });
+        applied
+            .policy
+            .insert(key(1, 2), PolicyValue { policy_ref: 1 });
         applied.identities.insert("10.0.0.0/8".parse().unwrap(), 5);
         let mut desired = DatapathState::default();
-        desired.policy.insert(key(1, 3), PolicyValue { policy_ref: 2 });
+        desired
+            .policy
+            .insert(key(1, 3), PolicyValue { policy_ref: 2 });
         desired.identities.insert("10.0.0.0/8".parse().unwrap(), 6);
         let delta = applied.diff(&desired);
         applied.apply(&delta);
