@@ -78,16 +78,6 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether the running kernel is at least `major.minor`.
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let uname = nix::sys::utsname::uname().expect("uname");
-    let release = uname.release().to_string_lossy();
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
-}
-
 fn tcp_exchange(to: SocketAddr) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&to, TIMEOUT) else {
         return false;

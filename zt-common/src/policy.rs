@@ -63,8 +63,8 @@
 //!    d. no hit → drop (`DROP_POLICY_INGRESS` / `DROP_POLICY_EGRESS`), or, for an endpoint in
 //!    audit mode, allow (`ALLOW_AUDIT`) with an `AUDITED` event.
 //! 10. A new flow allowed in step 9 (9a and 9b included, so replies into an isolated direction
-//!    pass; 9d in audit mode flagged `AUDITED`) is recorded in conntrack as `(tuple, D, ifindex)`
-//!    with the current revision, and publishes a `NEW_FLOW` event (`AUDITED` for step 9d).
+//!     pass; 9d in audit mode flagged `AUDITED`) is recorded in conntrack as `(tuple, D, ifindex)`
+//!     with the current revision, and publishes a `NEW_FLOW` event (`AUDITED` for step 9d).
 //!
 //! The policy port is the packet's destination port for TCP, UDP and SCTP and 0 for every other
 //! protocol; ICMP echo flows use the echo identifier as both conntrack ports.
