@@ -13,7 +13,10 @@ pub enum Kind {
 }
 
 #[derive(Clone, Debug)]
-#[expect(clippy::large_enum_variant, reason = "moved once per event; boxing buys nothing")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once per event; boxing buys nothing"
+)]
 pub enum Resource {
     Namespace(Namespace),
     Pod(Pod),
@@ -23,7 +26,10 @@ pub enum Resource {
 /// What a source reports. After a `Reset` of a kind, every object of that kind absent from it is
 /// gone: deletes may be missed across watch restarts, so a re-list is the truth.
 #[derive(Clone, Debug)]
-#[expect(clippy::large_enum_variant, reason = "moved once per event; boxing buys nothing")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once per event; boxing buys nothing"
+)]
 pub enum SourceEvent {
     Apply(Resource),
     Delete {
