@@ -16,6 +16,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("etcd-server", "etcd"),
     ("xz-utils", "xz"),
+    ("procps", "sysctl"),
     ("kubernetes-client", "kubectl"),
 ];
 
