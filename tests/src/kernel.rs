@@ -34,13 +34,12 @@ use aya::{
 };
 use ipnet::IpNet;
 use zt_common::{
-    Addr,
     config::Config,
     conntrack::{CtKey, CtValue},
     endpoint::{EndpointKey, EndpointValue},
     event::Event,
     identity::IdentityValue,
-    ipv4_mapped, names,
+    names,
     policy::{PolicyKey, PolicyValue},
     reason,
 };
@@ -440,12 +439,7 @@ impl Datapath {
 }
 
 /// An address as the maps store it (IPv4-mapped for IPv4).
-pub fn addr_of(ip: IpAddr) -> Addr {
-    match ip {
-        IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
+pub use zt_common::addr_from_ip as addr_of;
 
 /// A conntrack key as the datapath writes it (ports in network byte order) for a flow admitted
 /// on interface `ifindex`.

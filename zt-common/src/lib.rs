@@ -50,6 +50,23 @@ pub mod proto {
     pub const SCTP: u8 = 132;
 }
 
+/// The map form of an address: IPv6 as is, IPv4 IPv4-mapped.
+pub const fn addr_from_ip(ip: core::net::IpAddr) -> Addr {
+    match ip {
+        core::net::IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+        core::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address a map entry names: IPv4-mapped addresses come back as IPv4.
+pub const fn ip_from_addr(addr: Addr) -> core::net::IpAddr {
+    let v6 = core::net::Ipv6Addr::from_octets(addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => core::net::IpAddr::V4(v4),
+        None => core::net::IpAddr::V6(v6),
+    }
+}
+
 /// Implements `aya::Pod` (userspace only) for plain-old-data map types.
 macro_rules! user_pod {
     ($($ty:ty),* $(,)?) => {

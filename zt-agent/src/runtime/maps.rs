@@ -4,19 +4,18 @@
 //! Reading back is what makes restarts safe: a restarted agent diffs its desired state against
 //! what the kernel really holds, so it writes only the difference and removes only stale entries.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 use aya::{
-    Ebpf,
+    Ebpf, Pod,
     maps::{Array, HashMap, LpmTrie, Map, MapError, PerCpuArray, lpm_trie::Key as LpmKey},
 };
 use ipnet::IpNet;
 use zt_common::{
-    Addr,
     config::{self, Config},
     endpoint::{EndpointKey, EndpointValue},
     identity::IdentityValue,
-    ipv4_mapped, names,
+    names,
     policy::{PolicyKey, PolicyValue},
     reason,
 };
@@ -40,20 +39,7 @@ fn ebpf_err(name: &str) -> impl Fn(MapError) -> Error + '_ {
     move |e| Error::Ebpf(format!("{name}: {e}"))
 }
 
-pub fn addr_of(ip: IpAddr) -> Addr {
-    match ip {
-        IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-pub fn ip_of(addr: Addr) -> IpAddr {
-    let v6 = Ipv6Addr::from(addr);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
-}
+pub use zt_common::{addr_from_ip as addr_of, ip_from_addr as ip_of};
 
 /// What the kernel maps hold now.
 pub fn read_state(ebpf: &Ebpf) -> Result<DatapathState> {
@@ -102,55 +88,53 @@ pub fn apply(ebpf: &mut Ebpf, writes: &[MapWrite]) -> Result<()> {
 
 fn apply_one(ebpf: &mut Ebpf, write: &MapWrite) -> Result<()> {
     match *write {
-        MapWrite::Policy(key, op) => {
-            let name = names::MAP_POLICY;
-            let mut m: HashMap<_, PolicyKey, PolicyValue> =
-                HashMap::try_from(map_mut(ebpf, name)?).map_err(ebpf_err(name))?;
-            match op {
-                Op::Upsert(v) => m.insert(key, v, 0),
-                Op::Delete => ignore_missing(m.remove(&key)),
-            }
-            .map_err(ebpf_err(name))
-        }
-        MapWrite::Endpoint(ip, op) => {
-            let name = names::MAP_ENDPOINTS;
-            let mut m: HashMap<_, EndpointKey, EndpointValue> =
-                HashMap::try_from(map_mut(ebpf, name)?).map_err(ebpf_err(name))?;
-            let key = EndpointKey { addr: addr_of(ip) };
-            match op {
-                Op::Upsert(v) => m.insert(key, v, 0),
-                Op::Delete => ignore_missing(m.remove(&key)),
-            }
-            .map_err(ebpf_err(name))
-        }
-        MapWrite::Identity(IpNet::V4(net), op) => {
-            let name = names::MAP_IDENTITY_V4;
-            let mut m: LpmTrie<_, [u8; 4], IdentityValue> =
-                LpmTrie::try_from(map_mut(ebpf, name)?).map_err(ebpf_err(name))?;
-            let key = LpmKey::new(net.prefix_len().into(), net.network().octets());
-            match op {
-                Op::Upsert(identity) => m.insert(&key, IdentityValue { identity }, 0),
-                Op::Delete => ignore_missing(m.remove(&key)),
-            }
-            .map_err(ebpf_err(name))
-        }
-        MapWrite::Identity(IpNet::V6(net), op) => {
-            let name = names::MAP_IDENTITY_V6;
-            let mut m: LpmTrie<_, [u8; 16], IdentityValue> =
-                LpmTrie::try_from(map_mut(ebpf, name)?).map_err(ebpf_err(name))?;
-            let key = LpmKey::new(net.prefix_len().into(), net.network().octets());
-            match op {
-                Op::Upsert(identity) => m.insert(&key, IdentityValue { identity }, 0),
-                Op::Delete => ignore_missing(m.remove(&key)),
-            }
-            .map_err(ebpf_err(name))
-        }
+        MapWrite::Policy(key, op) => write_hash(ebpf, names::MAP_POLICY, key, op),
+        MapWrite::Endpoint(ip, op) => write_hash(
+            ebpf,
+            names::MAP_ENDPOINTS,
+            EndpointKey { addr: addr_of(ip) },
+            op,
+        ),
+        MapWrite::Identity(IpNet::V4(net), op) => write_lpm(
+            ebpf,
+            names::MAP_IDENTITY_V4,
+            LpmKey::new(net.prefix_len().into(), net.network().octets()),
+            op,
+        ),
+        MapWrite::Identity(IpNet::V6(net), op) => write_lpm(
+            ebpf,
+            names::MAP_IDENTITY_V6,
+            LpmKey::new(net.prefix_len().into(), net.network().octets()),
+            op,
+        ),
         MapWrite::BumpRevision => {
             let mut config = read_config(ebpf)?;
             config.policy_revision = config.policy_revision.wrapping_add(1);
             write_config(ebpf, config)
         }
     }
+}
+
+/// One upsert or delete in a hash map; deleting an absent key is not an error.
+fn write_hash<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &str, key: K, op: Op<V>) -> Result<()> {
+    let mut m: HashMap<_, K, V> =
+        HashMap::try_from(map_mut(ebpf, name)?).map_err(ebpf_err(name))?;
+    match op {
+        Op::Upsert(v) => m.insert(key, v, 0),
+        Op::Delete => ignore_missing(m.remove(&key)),
+    }
+    .map_err(ebpf_err(name))
+}
+
+/// One upsert or delete in an identity trie; deleting an absent prefix is not an error.
+fn write_lpm<K: Pod>(ebpf: &mut Ebpf, name: &str, key: LpmKey<K>, op: Op<u32>) -> Result<()> {
+    let mut m: LpmTrie<_, K, IdentityValue> =
+        LpmTrie::try_from(map_mut(ebpf, name)?).map_err(ebpf_err(name))?;
+    match op {
+        Op::Upsert(identity) => m.insert(&key, IdentityValue { identity }, 0),
+        Op::Delete => ignore_missing(m.remove(&key)),
+    }
+    .map_err(ebpf_err(name))
 }
 
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
