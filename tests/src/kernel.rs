@@ -26,19 +26,19 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
         tc::{NlOptions, TcAttachOptions, qdisc_add_clsact},
     },
 };
 use ipnet::IpNet;
+use zt_agent::datapath::{MapWrite, Op};
 use zt_common::{
     config::Config,
-    conntrack::{CtKey, CtValue},
+    conntrack::{CtKey4, CtKey6, CtValue},
     endpoint::{EndpointKey, EndpointValue},
     event::Event,
-    identity::IdentityValue,
     names,
     policy::{PolicyKey, PolicyValue},
     reason,
@@ -316,29 +316,11 @@ impl Datapath {
         Ok(())
     }
 
-    /// Maps a prefix to an identity in the family's trie.
+    /// Maps a prefix to an identity, as the agent does: a single address in the family's host
+    /// map, a shorter prefix in its trie.
     pub fn set_identity(&mut self, net: IpNet, identity: u32) -> anyhow::Result<()> {
-        let value = IdentityValue { identity };
-        match net {
-            IpNet::V4(n) => {
-                let mut m: LpmTrie<_, [u8; 4], IdentityValue> =
-                    LpmTrie::try_from(self.map_mut(names::MAP_IDENTITY_V4))?;
-                m.insert(
-                    &LpmKey::new(n.prefix_len().into(), n.network().octets()),
-                    value,
-                    0,
-                )?;
-            }
-            IpNet::V6(n) => {
-                let mut m: LpmTrie<_, [u8; 16], IdentityValue> =
-                    LpmTrie::try_from(self.map_mut(names::MAP_IDENTITY_V6))?;
-                m.insert(
-                    &LpmKey::new(n.prefix_len().into(), n.network().octets()),
-                    value,
-                    0,
-                )?;
-            }
-        }
+        let write = MapWrite::Identity(net, Op::Upsert(identity));
+        zt_agent::runtime::maps::apply(&mut self.ebpf, &[write])?;
         Ok(())
     }
 
@@ -358,8 +340,19 @@ impl Datapath {
 
     /// The conntrack entry for `key`, if any.
     pub fn conntrack(&self, key: &CtKey) -> anyhow::Result<Option<CtValue>> {
-        let m: HashMap<_, CtKey, CtValue> = HashMap::try_from(self.map(names::MAP_CONNTRACK))?;
-        match m.get(key, 0) {
+        let found = match key {
+            CtKey::V4(k) => {
+                let m: HashMap<_, CtKey4, CtValue> =
+                    HashMap::try_from(self.map(names::MAP_CONNTRACK_V4))?;
+                m.get(k, 0)
+            }
+            CtKey::V6(k) => {
+                let m: HashMap<_, CtKey6, CtValue> =
+                    HashMap::try_from(self.map(names::MAP_CONNTRACK_V6))?;
+                m.get(k, 0)
+            }
+        };
+        match found {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),
@@ -368,15 +361,28 @@ impl Datapath {
 
     /// Plants a conntrack entry, as if the datapath had admitted the flow.
     pub fn set_conntrack(&mut self, key: CtKey, value: CtValue) -> anyhow::Result<()> {
-        let mut m: HashMap<_, CtKey, CtValue> =
-            HashMap::try_from(self.map_mut(names::MAP_CONNTRACK))?;
-        m.insert(key, value, 0)?;
+        match key {
+            CtKey::V4(k) => {
+                let mut m: HashMap<_, CtKey4, CtValue> =
+                    HashMap::try_from(self.map_mut(names::MAP_CONNTRACK_V4))?;
+                m.insert(k, value, 0)?;
+            }
+            CtKey::V6(k) => {
+                let mut m: HashMap<_, CtKey6, CtValue> =
+                    HashMap::try_from(self.map_mut(names::MAP_CONNTRACK_V6))?;
+                m.insert(k, value, 0)?;
+            }
+        }
         Ok(())
     }
 
+    /// Conntrack entries of both families.
     pub fn conntrack_len(&self) -> anyhow::Result<usize> {
-        let m: HashMap<_, CtKey, CtValue> = HashMap::try_from(self.map(names::MAP_CONNTRACK))?;
-        Ok(m.keys().filter(Result::is_ok).count())
+        let v4: HashMap<_, CtKey4, CtValue> =
+            HashMap::try_from(self.map(names::MAP_CONNTRACK_V4))?;
+        let v6: HashMap<_, CtKey6, CtValue> =
+            HashMap::try_from(self.map(names::MAP_CONNTRACK_V6))?;
+        Ok(v4.keys().filter(Result::is_ok).count() + v6.keys().filter(Result::is_ok).count())
     }
 
     /// Every reason counter, summed over CPUs.
@@ -441,8 +447,15 @@ impl Datapath {
 /// An address as the maps store it (IPv4-mapped for IPv4).
 pub use zt_common::addr_from_ip as addr_of;
 
-/// A conntrack key as the datapath writes it (ports in network byte order) for a flow admitted
-/// on interface `ifindex`.
+/// A conntrack key of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtKey {
+    V4(CtKey4),
+    V6(CtKey6),
+}
+
+/// The conntrack key the datapath writes (ports in network byte order) for a flow admitted in
+/// `direction`. Both addresses must be of one family.
 pub fn ct_key(
     src: IpAddr,
     sport: u16,
@@ -450,16 +463,26 @@ pub fn ct_key(
     dport: u16,
     protocol: u8,
     direction: u8,
-    ifindex: u32,
 ) -> CtKey {
-    CtKey {
-        src: addr_of(src),
-        dst: addr_of(dst),
-        sport: sport.to_be(),
-        dport: dport.to_be(),
-        protocol,
-        direction,
-        _pad: [0; 2],
-        ifindex,
+    let (sport, dport) = (sport.to_be(), dport.to_be());
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => CtKey::V4(CtKey4 {
+            src: src.octets(),
+            dst: dst.octets(),
+            sport,
+            dport,
+            protocol,
+            direction,
+            _pad: [0; 2],
+        }),
+        _ => CtKey::V6(CtKey6 {
+            src: addr_of(src),
+            dst: addr_of(dst),
+            sport,
+            dport,
+            protocol,
+            direction,
+            _pad: [0; 2],
+        }),
     }
 }

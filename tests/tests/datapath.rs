@@ -16,7 +16,9 @@ use zt_common::{
 };
 use zt_tests::{
     kernel::{Datapath, Hook, Run, addr_of, ct_key},
-    packet::{ETH_P_ARP, IPPROTO_DSTOPTS, IPPROTO_HOPOPTS, IPPROTO_ROUTING, Packet},
+    packet::{
+        ETH_P_ARP, IPPROTO_DSTOPTS, IPPROTO_HOPOPTS, IPPROTO_ROUTING, Packet, TCP_ACK, TCP_SYN,
+    },
 };
 
 const POD_ID: u32 = 300;
@@ -150,15 +152,19 @@ fn tcp_flow_with_reply(v6: bool) {
         80,
         proto::TCP,
         INGRESS,
-        f.dp.test_ifindex(),
     );
     assert_eq!(f.dp.conntrack(&key).unwrap().map(|v| v.revision), Some(1));
 
-    let run = f.run(Hook::ToPod, &syn.clone().payload(100));
+    let ack = Packet::tcp_flags(sa(f.peer, 40000), sa(f.pod, 80), TCP_ACK);
+    let run = f.run(Hook::ToPod, &ack.payload(100));
     run.assert_reason(reason::ALLOW_CT_ESTABLISHED);
     assert!(run.events.is_empty());
+    // A SYN opens a connection: a retransmitted one is decided by policy again, not conntrack.
+    let run = f.run(Hook::ToPod, &syn);
+    run.assert_reason(reason::ALLOW_POLICY);
+    one_event(&run, kind::NEW_FLOW);
     // Egress is isolated with no egress policy: the reply passes only through conntrack.
-    let reply = Packet::tcp(sa(f.pod, 80), sa(f.peer, 40000));
+    let reply = Packet::tcp_flags(sa(f.pod, 80), sa(f.peer, 40000), TCP_SYN | TCP_ACK);
     f.run(Hook::FromPod, &reply)
         .assert_reason(reason::ALLOW_CT_REPLY);
     // A new connection the other way is not a reply.
@@ -291,7 +297,7 @@ fn policy_revision_rechecks_established_flows() {
     let mut f = Fixture::isolated(false);
     f.allow(INGRESS, PEER_ID, proto::TCP, 80, 16);
     let syn = Packet::tcp(sa(f.peer, 40000), sa(f.pod, 80));
-    let reply = Packet::tcp(sa(f.pod, 80), sa(f.peer, 40000));
+    let reply = Packet::tcp_flags(sa(f.pod, 80), sa(f.peer, 40000), TCP_ACK);
     f.run(Hook::ToPod, &syn).assert_reason(reason::ALLOW_POLICY);
     let key = ct_key(
         f.peer,
@@ -300,7 +306,6 @@ fn policy_revision_rechecks_established_flows() {
         80,
         proto::TCP,
         INGRESS,
-        f.dp.test_ifindex(),
     );
 
     // A new revision that still allows the flow: re-checked, refreshed, allowed.
@@ -332,25 +337,24 @@ fn policy_revision_rechecks_established_flows() {
 
 #[test]
 fn conntrack_entries_hold_only_on_the_interface_they_were_admitted_on() {
-    // The endpoint's interface is not checked (ifindex 0), so only the conntrack key's interface
-    // keeps a flow admitted elsewhere from passing here without policy.
+    // The endpoint's interface is not checked (ifindex 0), so only the entry's interface keeps a
+    // flow admitted elsewhere from passing here without policy.
     let mut f = Fixture::isolated(false);
-    let syn = Packet::tcp(sa(f.peer, 40000), sa(f.pod, 22));
-    let elsewhere = f.dp.test_ifindex() + 1000;
-    let (pod, peer) = (f.pod, f.peer);
-    let key = |dir, ifindex| ct_key(peer, 40000, pod, 22, proto::TCP, dir, ifindex);
-    let current = CtValue {
+    let ack = Packet::tcp_flags(sa(f.peer, 40000), sa(f.pod, 22), TCP_ACK);
+    let key = ct_key(f.peer, 40000, f.pod, 22, proto::TCP, INGRESS);
+    let admitted_on = |ifindex| CtValue {
         revision: 1,
-        flags: 0,
+        ifindex,
+        ..Default::default()
     };
-    f.dp.set_conntrack(key(INGRESS, elsewhere), current)
-        .unwrap();
-    f.run(Hook::ToPod, &syn)
+    let elsewhere = f.dp.test_ifindex() + 1000;
+    f.dp.set_conntrack(key, admitted_on(elsewhere)).unwrap();
+    f.run(Hook::ToPod, &ack)
         .assert_reason(reason::DROP_POLICY_INGRESS);
     // The same entry on this interface is an established flow.
-    f.dp.set_conntrack(key(INGRESS, f.dp.test_ifindex()), current)
+    f.dp.set_conntrack(key, admitted_on(f.dp.test_ifindex()))
         .unwrap();
-    f.run(Hook::ToPod, &syn)
+    f.run(Hook::ToPod, &ack)
         .assert_reason(reason::ALLOW_CT_ESTABLISHED);
 }
 
@@ -369,17 +373,17 @@ fn audit_mode_allows_what_it_would_deny_and_says_so() {
         22,
         proto::TCP,
         INGRESS,
-        f.dp.test_ifindex(),
     );
     assert_eq!(
         f.dp.conntrack(&key).unwrap().map(|v| v.flags),
         Some(ct_flags::AUDITED)
     );
-    f.run(Hook::ToPod, &syn)
+    let ack = Packet::tcp_flags(sa(f.peer, 40000), sa(f.pod, 22), TCP_ACK);
+    f.run(Hook::ToPod, &ack)
         .assert_reason(reason::ALLOW_CT_ESTABLISHED);
     // A stale audited flow that is still denied stays allowed, audited again.
     f.bump_revision();
-    let run = f.run(Hook::ToPod, &syn);
+    let run = f.run(Hook::ToPod, &ack);
     run.assert_reason(reason::ALLOW_AUDIT);
     one_event(&run, kind::AUDITED);
 }
@@ -392,7 +396,7 @@ fn direction_not_isolated_allows_and_tracks() {
     let run = f.run(Hook::FromPod, &out);
     run.assert_reason(reason::ALLOW_NOT_ISOLATED);
     one_event(&run, kind::NEW_FLOW);
-    let back = Packet::tcp(sa(f.peer, 8443), sa(f.pod, 40000));
+    let back = Packet::tcp_flags(sa(f.peer, 8443), sa(f.pod, 40000), TCP_SYN | TCP_ACK);
     f.run(Hook::ToPod, &back)
         .assert_reason(reason::ALLOW_CT_REPLY);
 }

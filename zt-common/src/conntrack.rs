@@ -1,20 +1,39 @@
-//! Connection tracking: an LRU map of flows admitted by policy.
+//! Connection tracking: LRU maps of flows admitted by policy, one per address family.
 //!
-//! A flow is recorded once, as the tuple of its first packet, the direction, relative to the
-//! local endpoint, it was admitted in, and the interface it was admitted on. Packets of the same
-//! flow match `(tuple, D, ifindex)`; replies match `(reversed tuple, !D, ifindex)`. Including the
-//! direction in the key matters on a node where both ends are local pods: the sender's egress
-//! admission must not stand in for the receiver's ingress check. Including the interface makes a
-//! hit prove that the packet arrived where the flow was admitted, so an entry of the current
-//! policy revision can allow without looking the endpoint up again (decision procedure step 5
-//! in [`crate::policy`]).
+//! A flow is recorded once, as the tuple of its first packet and the direction, relative to the
+//! local endpoint, it was admitted in. Packets of the same flow match `(tuple, D)`; replies match
+//! `(reversed tuple, !D)`. Including the direction in the key matters on a node where both ends
+//! are local pods: the sender's egress admission must not stand in for the receiver's ingress
+//! check. The value records the interface the flow was admitted on, and an entry only counts on
+//! that interface, so a hit proves the packet arrived where the flow was admitted and an entry of
+//! the current policy revision can allow without looking the endpoint up again (decision
+//! procedure step 5 in [`crate::policy`]).
+//!
+//! IPv4 flows live in `zt_ct4` under a 16-byte key, IPv6 flows in `zt_ct6` under a 40-byte one:
+//! the key is hashed and compared on every packet, and the established-flow fast path is
+//! dominated by that lookup.
 
 use crate::{Addr, assert_size, user_pod};
 
-/// `zt_ct` key. Ports in network byte order.
+/// `zt_ct4` key. Addresses as in the packet (network byte order), ports too.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CtKey {
+pub struct CtKey4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+assert_size!(CtKey4, 16);
+user_pod!(CtKey4);
+
+/// `zt_ct6` key. Ports in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey6 {
     pub src: Addr,
     pub dst: Addr,
     pub sport: u16,
@@ -22,13 +41,11 @@ pub struct CtKey {
     pub protocol: u8,
     pub direction: u8,
     pub _pad: [u8; 2],
-    /// The interface the flow was admitted on (the packet's `ifindex` at the hook).
-    pub ifindex: u32,
 }
-assert_size!(CtKey, 44);
-user_pod!(CtKey);
+assert_size!(CtKey6, 40);
+user_pod!(CtKey6);
 
-/// `zt_ct` value.
+/// `zt_ct4` and `zt_ct6` value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtValue {
@@ -36,8 +53,12 @@ pub struct CtValue {
     pub revision: u32,
     /// A set of [`flags`] bits.
     pub flags: u32,
+    /// The interface the flow was admitted on (the packet's `ifindex` at the hook). On any other
+    /// interface the entry does not exist.
+    pub ifindex: u32,
+    pub _pad: u32,
 }
-assert_size!(CtValue, 8);
+assert_size!(CtValue, 16);
 user_pod!(CtValue);
 
 pub mod flags {

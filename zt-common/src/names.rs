@@ -18,20 +18,26 @@ pub const MAP_CONFIG: &str = "zt_config";
 pub const MAP_ENDPOINTS: &str = "zt_endpoints";
 pub const MAP_IDENTITY_V4: &str = "zt_ident_v4";
 pub const MAP_IDENTITY_V6: &str = "zt_ident_v6";
+pub const MAP_HOST_IDENTITY_V4: &str = "zt_ident_host4";
+pub const MAP_HOST_IDENTITY_V6: &str = "zt_ident_host6";
 pub const MAP_POLICY: &str = "zt_policy";
-pub const MAP_CONNTRACK: &str = "zt_ct";
+pub const MAP_CONNTRACK_V4: &str = "zt_ct4";
+pub const MAP_CONNTRACK_V6: &str = "zt_ct6";
 pub const MAP_FRAGMENTS: &str = "zt_frag";
 pub const MAP_COUNTERS: &str = "zt_counters";
 pub const MAP_EVENTS: &str = "zt_events";
 
 /// Every map the agent pins, so a restarted agent can adopt them.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 12] = [
     MAP_CONFIG,
     MAP_ENDPOINTS,
     MAP_IDENTITY_V4,
     MAP_IDENTITY_V6,
+    MAP_HOST_IDENTITY_V4,
+    MAP_HOST_IDENTITY_V6,
     MAP_POLICY,
-    MAP_CONNTRACK,
+    MAP_CONNTRACK_V4,
+    MAP_CONNTRACK_V6,
     MAP_FRAGMENTS,
     MAP_COUNTERS,
     MAP_EVENTS,
@@ -40,10 +46,15 @@ pub const PINNED_MAPS: [&str; 9] = [
 /// Map capacities. The agent refuses to compile a state that does not fit (it never truncates).
 pub mod capacity {
     pub const ENDPOINTS: u32 = 4096;
-    pub const IDENTITY_V4: u32 = 262_144;
-    pub const IDENTITY_V6: u32 = 262_144;
+    /// Prefix tries: ipBlock CIDRs and their `except` holes.
+    pub const IDENTITY_V4: u32 = 65_536;
+    pub const IDENTITY_V6: u32 = 65_536;
+    /// Single addresses (pods, this node).
+    pub const HOST_IDENTITY_V4: u32 = 262_144;
+    pub const HOST_IDENTITY_V6: u32 = 262_144;
     pub const POLICY: u32 = 1_048_576;
-    pub const CONNTRACK: u32 = 262_144;
+    pub const CONNTRACK_V4: u32 = 262_144;
+    pub const CONNTRACK_V6: u32 = 131_072;
     pub const FRAGMENTS: u32 = 8192;
     /// Ring buffer bytes (a power of two, a multiple of the page size).
     pub const EVENTS: u32 = 1 << 20;

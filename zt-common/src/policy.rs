@@ -32,9 +32,12 @@
 //! 3. A non-first IP fragment takes its ports from `zt_frag`, recorded by its first fragment
 //!    (keyed by addresses, fragment id and protocol); no record → drop (`DROP_FRAGMENT_UNKNOWN`).
 //! 4. ICMPv6 neighbour discovery (types 133–137) → allow (`ALLOW_NDP`): IPv6 cannot work without it.
-//! 5. Conntrack fast path, one flow entry per direction and interface of admission (see
-//!    [`crate::conntrack`]): `(tuple, D, ifindex)` present → established; `(reversed tuple, !D,
-//!    ifindex)` present → reply. If the entry's revision is the current `config.policy_revision`,
+//! 5. Conntrack fast path, one flow entry per direction, valid on the interface it was admitted on
+//!    (see [`crate::conntrack`]): `(tuple, D)` present for this ifindex → established; `(reversed
+//!    tuple, !D)` present for this ifindex → reply. A TCP SYN (SYN set, ACK clear) skips this
+//!    step and step 8: it opens a connection, so it is always a new flow, decided by policy (a
+//!    retransmitted SYN is decided again, under the policy of the moment; a simultaneous open,
+//!    where both ends send a bare SYN, is two new flows). If the entry's revision is the current `config.policy_revision`,
 //!    allow (`ALLOW_CT_ESTABLISHED` / `ALLOW_CT_REPLY`) without steps 6–7. This is the decision
 //!    steps 6–8 would reach: the entry was admitted or re-checked under the current revision on
 //!    this interface after steps 6–7 passed for the same local address (the packet's tuple is the
@@ -46,7 +49,7 @@
 //! 7. Endpoint isolated in neither direction → allow (`ALLOW_NOT_ISOLATED`), no conntrack.
 //! 8. Conntrack, slow path:
 //!    a. the stale entry step 5 found; else, for an ICMP error, the entry of the packet it quotes,
-//!    `(quoted tuple, !D, ifindex)` → related.
+//!    `(quoted tuple, !D)` present for this ifindex → related.
 //!    b. If the entry's revision is the current `config.policy_revision`, allow
 //!    (`ALLOW_CT_RELATED`).
 //!    c. Otherwise re-run step 9 for the flow as it was admitted (its key's tuple and direction):
@@ -63,8 +66,9 @@
 //!    d. no hit → drop (`DROP_POLICY_INGRESS` / `DROP_POLICY_EGRESS`), or, for an endpoint in
 //!    audit mode, allow (`ALLOW_AUDIT`) with an `AUDITED` event.
 //! 10. A new flow allowed in step 9 (9a and 9b included, so replies into an isolated direction
-//!     pass; 9d in audit mode flagged `AUDITED`) is recorded in conntrack as `(tuple, D, ifindex)`
-//!     with the current revision, and publishes a `NEW_FLOW` event (`AUDITED` for step 9d).
+//!     pass; 9d in audit mode flagged `AUDITED`) is recorded in conntrack as `(tuple, D)` on this
+//!     ifindex with the current revision, replacing any entry of that key, and publishes a
+//!     `NEW_FLOW` event (`AUDITED` for step 9d).
 //!
 //! The policy port is the packet's destination port for TCP, UDP and SCTP and 0 for every other
 //! protocol; ICMP echo flows use the echo identifier as both conntrack ports.

@@ -16,7 +16,8 @@ use zt_common::{
 use crate::{
     conntrack::{self, Hit},
     frag,
-    keys::{CtKey, EndpointKey, zero},
+    family::{Family, V4, V6},
+    keys::{EndpointKey, copy_addr, is_ipv4_mapped, zero},
     maps::ENDPOINTS,
     packet::{self, Packet, class},
     parse::{self, ParseError},
@@ -45,30 +46,30 @@ pub fn decide(ctx: &TcContext, cfg: &Config, dir: u8, pkt: &mut Packet) -> Verdi
     if pkt.class == class::NDP {
         return v.with(reason::ALLOW_NDP);
     }
-    // Step 5: an up-to-date entry for this flow on this interface allows on its own.
     let ifindex = ifindex(ctx);
-    let mut key = MaybeUninit::<CtKey>::uninit();
-    let (key, hit) = conntrack::lookup(pkt, dir, ifindex, &mut key);
-    if let Some((entry, ct_reason)) = hit {
-        // SAFETY: a map value pointer returned by the kernel, valid for this program run.
-        if unsafe { (*entry).revision } == cfg.policy_revision {
-            return v.with(ct_reason);
-        }
+    if is_ipv4_mapped(&pkt.tuple.src) {
+        flow::<V4>(cfg, dir, ifindex, pkt, v)
+    } else {
+        flow::<V6>(cfg, dir, ifindex, pkt, v)
     }
-    endpoint_and_flow(cfg, dir, ifindex, pkt, key, hit, v)
 }
 
-/// Steps 6–10. `hit` is a stale entry step 5 found (then `key` is its key).
+/// Steps 5–10, for one address family.
 #[inline(always)]
-fn endpoint_and_flow(
-    cfg: &Config,
-    dir: u8,
-    ifindex: u32,
-    pkt: &Packet,
-    key: &mut CtKey,
-    hit: Option<Hit>,
-    mut v: Verdict,
-) -> Verdict {
+fn flow<F: Family>(cfg: &Config, dir: u8, ifindex: u32, pkt: &Packet, mut v: Verdict) -> Verdict {
+    // Step 5: an up-to-date entry for this flow on this interface allows on its own. A TCP SYN
+    // opens a connection, so it is a new flow by definition and goes straight to policy.
+    let hit = if pkt.tcp_syn != 0 {
+        None
+    } else {
+        conntrack::lookup::<F>(pkt, dir, ifindex)
+    };
+    if let Some(h) = &hit {
+        // SAFETY: a map value pointer returned by the kernel, valid for this program run.
+        if unsafe { (*h.entry).revision } == cfg.policy_revision {
+            return v.with(h.reason);
+        }
+    }
     // Step 6.
     let local = if dir == direction::EGRESS {
         pkt.tuple.src
@@ -97,27 +98,32 @@ fn endpoint_and_flow(
     // Step 8.
     let hit = match hit {
         Some(h) => Some(h),
-        None => conntrack::related(pkt, dir, ifindex, key),
+        None => conntrack::related::<F>(pkt, dir, ifindex),
     };
-    if let Some((entry, ct_reason)) = hit {
+    if let Some(Hit {
+        flow,
+        entry,
+        reason: ct_reason,
+    }) = hit
+    {
         // SAFETY: (here and below) a map value pointer returned by the kernel, valid for this run.
         if unsafe { (*entry).revision } == revision {
             return v.with(ct_reason);
         }
         // 8c: re-check the flow as it was admitted.
         let q = Query {
-            peer: if key.direction == direction::EGRESS {
-                key.dst
+            peer: copy_addr(if flow.direction() == direction::EGRESS {
+                flow.dst()
             } else {
-                key.src
-            },
-            dport: key.dport,
-            protocol: key.protocol,
-            direction: key.direction,
+                flow.src()
+            }),
+            dport: flow.dport(),
+            protocol: flow.protocol(),
+            direction: flow.direction(),
         };
         let mut d = MaybeUninit::<Decision>::uninit();
         let d = zero(&mut d);
-        policy::evaluate(&ep, &q, d);
+        policy::evaluate::<F>(&ep, &q, d);
         v.peer_identity = d.peer_identity;
         v.policy_ref = d.policy_ref;
         if d.allow != 0 {
@@ -132,7 +138,7 @@ fn endpoint_and_flow(
             v.event = kind::AUDITED;
             return v.with(reason::ALLOW_AUDIT);
         }
-        conntrack::forget(key);
+        flow.forget::<F>();
         return v.with(reason::DROP_REVOKED);
     }
 
@@ -149,7 +155,7 @@ fn endpoint_and_flow(
     };
     let mut d = MaybeUninit::<Decision>::uninit();
     let d = zero(&mut d);
-    policy::evaluate(&ep, &q, d);
+    policy::evaluate::<F>(&ep, &q, d);
     v.peer_identity = d.peer_identity;
     v.policy_ref = d.policy_ref;
     let (allow, ct_flags, event) = if d.allow != 0 {
@@ -162,7 +168,7 @@ fn endpoint_and_flow(
         return v.with(reason::DROP_POLICY_INGRESS);
     };
     // Step 10.
-    conntrack::admit(&pkt.tuple, dir, ifindex, revision, ct_flags);
+    conntrack::admit::<F>(pkt, dir, ifindex, revision, ct_flags);
     v.event = event;
     v.with(allow)
 }

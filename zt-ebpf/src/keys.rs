@@ -61,7 +61,19 @@ pub const fn is_ipv4_mapped(a: &Addr32) -> bool {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct CtKey {
+pub struct CtKey4 {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    pub direction: u8,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CtKey6 {
     pub src: Addr32,
     pub dst: Addr32,
     pub sport: u16,
@@ -69,7 +81,6 @@ pub struct CtKey {
     pub protocol: u8,
     pub direction: u8,
     pub _pad: u16,
-    pub ifindex: u32,
 }
 
 #[repr(C)]
@@ -131,16 +142,26 @@ macro_rules! same_layout {
 }
 
 same_layout!(
-    CtKey,
-    conntrack::CtKey,
+    CtKey4,
+    conntrack::CtKey4,
     src,
     dst,
     sport,
     dport,
     protocol,
     direction,
-    _pad,
-    ifindex
+    _pad
+);
+same_layout!(
+    CtKey6,
+    conntrack::CtKey6,
+    src,
+    dst,
+    sport,
+    dport,
+    protocol,
+    direction,
+    _pad
 );
 same_layout!(FragKey, conntrack::FragKey, src, dst, id, protocol);
 same_layout!(EndpointKey, endpoint::EndpointKey, addr);

@@ -10,6 +10,7 @@
 
 mod conntrack;
 mod decide;
+mod family;
 mod frag;
 mod identity;
 mod keys;

@@ -16,7 +16,7 @@ use zt_common::{
     reason,
 };
 
-use crate::keys::{Addr32, CtKey, EndpointKey, FragKey};
+use crate::keys::{Addr32, CtKey4, CtKey6, EndpointKey, FragKey};
 
 #[map(name = "zt_config")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
@@ -33,8 +33,21 @@ pub static IDENTITY_V6: LpmTrie<Addr32, IdentityValue> = LpmTrie::pinned(capacit
 #[map(name = "zt_policy")]
 pub static POLICY: HashMap<PolicyKey, PolicyValue> = HashMap::pinned(capacity::POLICY, 0);
 
-#[map(name = "zt_ct")]
-pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(capacity::CONNTRACK, 0);
+#[map(name = "zt_ident_host4")]
+pub static HOST_IDENTITY_V4: HashMap<u32, IdentityValue> =
+    HashMap::pinned(capacity::HOST_IDENTITY_V4, 0);
+
+#[map(name = "zt_ident_host6")]
+pub static HOST_IDENTITY_V6: HashMap<Addr32, IdentityValue> =
+    HashMap::pinned(capacity::HOST_IDENTITY_V6, 0);
+
+#[map(name = "zt_ct4")]
+pub static CONNTRACK_V4: LruHashMap<CtKey4, CtValue> =
+    LruHashMap::pinned(capacity::CONNTRACK_V4, 0);
+
+#[map(name = "zt_ct6")]
+pub static CONNTRACK_V6: LruHashMap<CtKey6, CtValue> =
+    LruHashMap::pinned(capacity::CONNTRACK_V6, 0);
 
 #[map(name = "zt_frag")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(capacity::FRAGMENTS, 0);

@@ -43,7 +43,8 @@ pub struct Packet {
     pub quoted_valid: u8,
     pub class: u8,
     pub frag: u8,
-    pub _pad: u8,
+    /// 1 for a TCP segment with SYN set and ACK clear: the opening packet of a connection.
+    pub tcp_syn: u8,
     /// IPv4 identification (zero-extended) or the IPv6 fragment header's, when `frag != NONE`.
     pub frag_id: u32,
 }

@@ -263,6 +263,9 @@ struct Ports {
 
 /// Fixed header sizes that must be present in full.
 const TCP_HLEN: usize = 20;
+/// TCP flag bits (header byte 13).
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const UDP_HLEN: usize = 8;
 const SCTP_HLEN: usize = 12;
 
@@ -278,6 +281,7 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize, v6: bool) -> Result<(
             if unsafe { (*h)[12] } >> 4 < 5 {
                 return Err(ParseError::Malformed);
             }
+            pkt.tcp_syn = (unsafe { (*h)[13] } & (TCP_SYN | TCP_ACK) == TCP_SYN) as u8;
             set_ports(&mut pkt.tuple, h.cast());
         }
         proto::UDP => {

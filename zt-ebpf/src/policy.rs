@@ -8,7 +8,7 @@ use zt_common::{
     proto, reason,
 };
 
-use crate::{identity, keys::Addr32, maps::POLICY};
+use crate::{family::Family, identity, keys::Addr32, maps::POLICY};
 
 /// The outcome of step 9 before audit mode is applied.
 #[repr(C)]
@@ -34,7 +34,7 @@ pub struct Query {
 /// Step 9 for `q` at endpoint `ep`. A BPF subprogram rather than inlined: it is reached from
 /// two places (new flow, stale conntrack entry) and two inlined copies overflow the stack.
 #[inline(never)]
-pub fn evaluate(ep: &EndpointValue, q: &Query, d: &mut Decision) {
+pub fn evaluate<F: Family>(ep: &EndpointValue, q: &Query, d: &mut Decision) {
     let (dir, protocol, dport, peer) = (q.direction, q.protocol, q.dport, &q.peer);
     let (isolated, mut slots) = if dir == direction::EGRESS {
         (ep.flags & ep_flags::EGRESS_ISOLATED, ep.egress_tuples)
@@ -45,7 +45,7 @@ pub fn evaluate(ep: &EndpointValue, q: &Query, d: &mut Decision) {
         d.allow = reason::ALLOW_NOT_ISOLATED;
         return;
     }
-    let peer_identity = identity::lookup(peer);
+    let peer_identity = identity::lookup::<F>(peer);
     d.peer_identity = peer_identity;
     if peer_identity == HOST {
         d.allow = reason::ALLOW_HOST;

@@ -1,29 +1,22 @@
 //! `cargo xtask bench datapath [--json]`: nanoseconds per packet through the real programs, via
 //! BPF_PROG_TEST_RUN, on a 64-byte TCP/IPv4 packet arriving at a pod (`zt_to_pod`).
 //!
-//! Cases:
+//! Cases (repeat mode: one packet run [`REPEAT`] times in the kernel, the kernel's mean):
 //! - `baseline`: `zt_baseline` (parse and pass) — the floor;
-//! - `ct_hit`: a packet of an established flow;
-//! - `new_flow_1k`, `new_flow_100k`: a packet of a flow conntrack has never seen, with 1k resp.
-//!   100k peer identities in the LPM trie and as many policy entries; it goes through the
-//!   endpoint, conntrack (two misses), identity and policy lookups and the conntrack insert,
-//!   and publishes a NEW_FLOW event; `new_flow_100k_hot_peers` draws the peers from 64 recently
-//!   active ones (warm trie path and policy bucket) instead of all 100k;
-//! - `denied`: a packet no policy allows (identity and policy lookups, DENIED event);
-//! - `not_isolated`: a packet to a pod no policy selects (conntrack misses, endpoint lookup).
+//! - `ct_hit`: a packet (ACK) of an established flow;
+//! - `new_flow_1k`, `new_flow_100k`: a TCP SYN with 1k resp. 100k peer identities and as many
+//!   policy entries loaded. A SYN opens a connection, so every run is a new flow: endpoint,
+//!   identity and policy lookups, a conntrack write and a NEW_FLOW event (the bench checks that
+//!   every run was admitted by policy);
+//! - `denied`: a SYN no policy allows (identity and policy lookups, DENIED event);
+//! - `not_isolated`: an ACK to a pod no policy selects (conntrack misses, endpoint lookup).
 //!
-//! Repeat mode re-runs one packet, which after the first run would be an established flow, and
-//! there is no honest way around that: the program's own conntrack insert is what makes the next
-//! run a hit. So each new-flow sample is a distinct flow (new peer and source port) run once
-//! (`repeat = 1`), and the kernel timer's fixed cost for a single run — measured as the
-//! baseline's single-run time minus its repeat-mode time — is subtracted. The `_paired` cases
-//! measure the same flows differently: each new flow is followed by one single run of the
-//! established packet, the pair's difference isolates what a new flow costs over a conntrack hit
-//! under identical single-run conditions (syscall, skb set-up, timer, cache state of the program
-//! and maps), and the repeat-mode `ct_hit` figure is added back. `new_flow_warm_paired` draws
-//! every flow from one peer (distinct source ports), so the identity and policy lookups run on
-//! warm cache lines; the conntrack insert still takes a never-used element and the event a fresh
-//! ring slot, as every new flow does. The other cases use repeat mode directly.
+//! Repeat mode runs one packet on warm caches. What a flow costs on cold ones is measured apart:
+//! `new_flow_100k_cold` and `new_flow_100k_cold_udp` run distinct flows from random peers among
+//! the 100k, each once (`repeat = 1`), with the kernel timer's fixed cost for a single run —
+//! the baseline's single-run time minus its repeat-mode time — subtracted. Every such flow touches
+//! a never-used conntrack element and a peer's identity and policy entries not touched for a
+//! while. The UDP case adds the two conntrack misses a first datagram pays (a SYN skips them).
 //! Events are on (`event_mask = ALL`) and the ring buffer is drained between runs so that
 //! reservations succeed, as they would with a reader attached. Every figure is the median of
 //! [`RUNS`] runs.
@@ -48,10 +41,10 @@ const RUNS: usize = 7;
 const REPEAT: u32 = 200_000;
 /// Per test_run call for cases that publish events: 1000 × 64 bytes fits the ring easily.
 const EVENT_REPEAT: u32 = 1000;
-const NEW_FLOW_SAMPLES: usize = 2000;
-/// Working set of `new_flow_100k_hot_peers`: new connections from peers seen recently, whose
-/// trie path and policy bucket are in cache, against the same 100k-entry maps.
-const HOT_PEERS: u32 = 64;
+/// test_run calls per run for cases that publish events.
+const EVENT_BATCHES: usize = 20;
+const COLD_SAMPLES: usize = 2000;
+const PEERS_LARGE: u32 = 100_000;
 const POD: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const POD_ID: u32 = 300;
 /// A pod no policy selects.
@@ -97,83 +90,52 @@ pub fn run(json: bool) -> anyhow::Result<()> {
     // The kernel timer's fixed cost around a single run.
     let single = median(RUNS, || {
         let p = tcp(peer(0), 40000, 80).build();
-        let mut samples = (0..NEW_FLOW_SAMPLES)
+        let mut samples = (0..COLD_SAMPLES)
             .map(|_| small.run_repeat(Hook::Baseline, &p, 1).map(|(_, d)| d))
             .collect::<anyhow::Result<Vec<Duration>>>()?;
         Ok(median_duration(&mut samples))
     })?;
     let timer = (single - baseline).max(0.0);
 
-    let mut small_flows = 0;
     cases.push(Case {
         name: "new_flow_1k",
-        ns: new_flow(&mut small, 1_000, Cost::Timer(timer), &mut small_flows)?,
-        method: "distinct flows, repeat 1, timer cost subtracted",
+        ns: new_flow(&mut small, 1_000)?,
+        method: "repeat mode, TCP SYN, events drained",
     });
-    let paired = Cost::Paired {
-        ct_packet: ct_packet.build(),
-        ct_hit,
-    };
-    cases.push(Case {
-        name: "new_flow_1k_paired",
-        ns: new_flow(&mut small, 1_000, paired.clone(), &mut small_flows)?,
-        method: "distinct flows, repeat 1, minus a paired ct_hit run, plus ct_hit",
-    });
-    cases.push(Case {
-        name: "new_flow_warm_paired",
-        ns: new_flow(&mut small, 1, paired, &mut small_flows)?,
-        method: "as new_flow_1k_paired, every flow from one peer",
-    });
-    let denied = median(RUNS, || {
-        let p = tcp(peer(1), 40000, 81);
-        let mut total = 0.0;
-        for _ in 0..20 {
-            total += repeat_ns(&mut small, Hook::ToPod, &p, EVENT_REPEAT, TC_ACT_SHOT)?;
-            small.drain_events();
-        }
-        Ok(total / 20.0)
-    })?;
+    let denied = with_events(&mut small, &tcp(peer(1), 40000, 81), TC_ACT_SHOT)?;
     cases.push(Case {
         name: "denied",
         ns: denied,
-        method: "repeat mode, events drained",
+        method: "repeat mode, TCP SYN, events drained",
     });
-    let open = Packet::tcp((peer(1), 40000).into(), (OPEN_POD, 80).into()).payload(10);
+    let open = Packet::tcp_flags((peer(1), 40000).into(), (OPEN_POD, 80).into(), TCP_ACK)
+        .payload(10);
     let not_isolated = median(RUNS, || {
         repeat_ns(&mut small, Hook::ToPod, &open, REPEAT, TC_ACT_OK)
     })?;
     cases.push(Case {
         name: "not_isolated",
         ns: not_isolated,
-        method: "repeat mode",
+        method: "repeat mode, TCP ACK",
     });
     drop(small);
 
     let mut large = seeded(100_000)?;
-    let large_ct = establish(&mut large)?;
-    let mut large_flows = 0;
     cases.push(Case {
         name: "new_flow_100k",
-        ns: new_flow(&mut large, 100_000, Cost::Timer(timer), &mut large_flows)?,
-        method: "distinct flows, repeat 1, timer cost subtracted",
+        ns: new_flow(&mut large, 100_000)?,
+        method: "repeat mode, TCP SYN, events drained",
+    });
+    let mut flows = 0;
+    cases.push(Case {
+        name: "new_flow_100k_cold",
+        ns: cold_flows(&mut large, Flow::TcpSyn, timer, &mut flows)?,
+        method: "distinct TCP flows from random peers, repeat 1, timer cost subtracted",
     });
     cases.push(Case {
-        name: "new_flow_100k_hot_peers",
-        ns: new_flow(&mut large, HOT_PEERS, Cost::Timer(timer), &mut large_flows)?,
-        method: "as new_flow_100k, peers drawn from 64 recently active ones",
-    });
-    cases.push(Case {
-        name: "new_flow_100k_paired",
-        ns: new_flow(
-            &mut large,
-            100_000,
-            Cost::Paired {
-                ct_packet: large_ct.build(),
-                ct_hit,
-            },
-            &mut large_flows,
-        )?,
-        method: "as new_flow_1k_paired, with 100k identities and entries",
+        name: "new_flow_100k_cold_udp",
+        ns: cold_flows(&mut large, Flow::Udp, timer, &mut flows)?,
+        method: "distinct UDP flows from random peers, repeat 1, timer cost subtracted",
     });
 
     if json {
@@ -276,52 +238,66 @@ fn repeat_ns(
     Ok(d.as_nanos() as f64)
 }
 
-/// How a new-flow sample's single-run overhead is taken out.
-#[derive(Clone)]
-enum Cost {
-    /// Subtract the baseline's single-run overhead.
-    Timer(f64),
-    /// Subtract a single run of `ct_packet` (an established flow) right after the sample, add
-    /// the repeat-mode `ct_hit` figure.
-    Paired { ct_packet: Vec<u8>, ct_hit: f64 },
+/// `p` in repeat mode with events on: batches small enough for the ring buffer, drained between.
+fn with_events(dp: &mut Datapath, p: &Packet, want: i32) -> anyhow::Result<f64> {
+    median(RUNS, || {
+        let mut total = 0.0;
+        for _ in 0..EVENT_BATCHES {
+            total += repeat_ns(dp, Hook::ToPod, p, EVENT_REPEAT, want)?;
+            dp.drain_events();
+        }
+        Ok(total / EVENT_BATCHES as f64)
+    })
 }
 
-/// Median over runs of the median single-run time of distinct new flows from peers `0..peers`,
-/// with the single-run overhead taken out as `cost` says.
-fn new_flow(dp: &mut Datapath, peers: u32, cost: Cost, flows: &mut u64) -> anyhow::Result<f64> {
+/// A SYN from a peer in the middle of the `peers` loaded, in repeat mode: every run must be a new
+/// flow admitted by policy.
+fn new_flow(dp: &mut Datapath, peers: u32) -> anyhow::Result<f64> {
+    let before = dp.counters()?[reason::ALLOW_POLICY as usize];
+    let ns = with_events(dp, &tcp(peer(peers / 2), 40000, 80), TC_ACT_OK)?;
+    let admitted = dp.counters()?[reason::ALLOW_POLICY as usize] - before;
+    let runs = (RUNS * EVENT_BATCHES) as u64 * u64::from(EVENT_REPEAT);
+    ensure!(
+        admitted == runs,
+        "{admitted} of {runs} runs went through policy"
+    );
+    Ok(ns)
+}
+
+#[derive(Clone, Copy)]
+enum Flow {
+    TcpSyn,
+    Udp,
+}
+
+/// Median over runs of the median single-run time of distinct new flows from random peers, with
+/// the single-run timer cost taken out.
+fn cold_flows(dp: &mut Datapath, flow: Flow, timer: f64, flows: &mut u64) -> anyhow::Result<f64> {
     let before = dp.counters()?[reason::ALLOW_POLICY as usize];
     let mut next: u64 = 0x9e37_79b9;
     let first = *flows;
     let ns = median(RUNS, || {
-        let mut samples = Vec::with_capacity(NEW_FLOW_SAMPLES);
-        for _ in 0..NEW_FLOW_SAMPLES {
-            // A cheap LCG spreads the peers over the whole trie and policy map.
+        let mut samples = Vec::with_capacity(COLD_SAMPLES);
+        for _ in 0..COLD_SAMPLES {
+            // A cheap LCG spreads the peers over the whole identity and policy maps.
             next = next
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let i = (next >> 33) as u32 % peers;
+            let i = (next >> 33) as u32 % PEERS_LARGE;
             // The source port comes from a flow counter shared by all cases on one datapath, so
             // no (peer, port) pair repeats while fewer than 60000 flows are run on it.
             let sport = 1024 + (*flows % 60000) as u16;
-            let p = tcp(peer(i), sport, 80).build();
+            let p = match flow {
+                Flow::TcpSyn => tcp(peer(i), sport, 80),
+                Flow::Udp => Packet::udp((peer(i), sport).into(), (POD, 80).into()).payload(22),
+            };
             *flows += 1;
-            let (action, d) = dp.run_repeat(Hook::ToPod, &p, 1)?;
+            let (action, d) = dp.run_repeat(Hook::ToPod, &p.build(), 1)?;
             ensure!(action == TC_ACT_OK, "new flow dropped");
-            samples.push(match &cost {
-                Cost::Timer(_) => d.as_nanos() as f64,
-                Cost::Paired { ct_packet, .. } => {
-                    let (action, ct) = dp.run_repeat(Hook::ToPod, ct_packet, 1)?;
-                    ensure!(action == TC_ACT_OK, "established flow dropped");
-                    d.as_nanos() as f64 - ct.as_nanos() as f64
-                }
-            });
+            samples.push(d.as_nanos() as f64);
         }
         dp.drain_events();
-        let m = median_f64(&mut samples);
-        Ok(match &cost {
-            Cost::Timer(timer) => m - timer,
-            Cost::Paired { ct_hit, .. } => m + ct_hit,
-        })
+        Ok(median_f64(&mut samples) - timer)
     })?;
     // Every sample must have been a new flow admitted by policy, not a conntrack hit.
     let admitted = dp.counters()?[reason::ALLOW_POLICY as usize] - before;

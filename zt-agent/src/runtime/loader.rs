@@ -14,7 +14,7 @@ use aya::{
 };
 use zt_common::{
     config::Config,
-    conntrack::{CtKey, CtValue, FragKey, FragValue},
+    conntrack::{CtKey4, CtKey6, CtValue, FragKey, FragValue},
     endpoint::{EndpointKey, EndpointValue},
     names::{self, capacity},
     policy::{PolicyKey, PolicyValue},
@@ -101,7 +101,7 @@ const fn shape(key_size: usize, value_size: usize, max_entries: u32) -> Shape {
 
 /// The shape of every map the object declares, from the shared contract. LPM trie keys carry a
 /// 4-byte prefix length before the address; a ring buffer has no key or value.
-pub fn expected_shapes() -> [(&'static str, Shape); 9] {
+pub fn expected_shapes() -> [(&'static str, Shape); 12] {
     use std::mem::size_of;
     [
         (names::MAP_CONFIG, shape(4, size_of::<Config>(), 1)),
@@ -122,6 +122,14 @@ pub fn expected_shapes() -> [(&'static str, Shape); 9] {
             shape(4 + 16, 4, capacity::IDENTITY_V6),
         ),
         (
+            names::MAP_HOST_IDENTITY_V4,
+            shape(4, 4, capacity::HOST_IDENTITY_V4),
+        ),
+        (
+            names::MAP_HOST_IDENTITY_V6,
+            shape(16, 4, capacity::HOST_IDENTITY_V6),
+        ),
+        (
             names::MAP_POLICY,
             shape(
                 size_of::<PolicyKey>(),
@@ -130,11 +138,19 @@ pub fn expected_shapes() -> [(&'static str, Shape); 9] {
             ),
         ),
         (
-            names::MAP_CONNTRACK,
+            names::MAP_CONNTRACK_V4,
             shape(
-                size_of::<CtKey>(),
+                size_of::<CtKey4>(),
                 size_of::<CtValue>(),
-                capacity::CONNTRACK,
+                capacity::CONNTRACK_V4,
+            ),
+        ),
+        (
+            names::MAP_CONNTRACK_V6,
+            shape(
+                size_of::<CtKey6>(),
+                size_of::<CtValue>(),
+                capacity::CONNTRACK_V6,
             ),
         ),
         (

@@ -57,25 +57,41 @@ pub fn read_state(ebpf: &Ebpf) -> Result<DatapathState> {
         let (k, v) = entry.map_err(ebpf_err(names::MAP_POLICY))?;
         state.policy.insert(k, v);
     }
-    let v4: LpmTrie<_, [u8; 4], IdentityValue> =
-        LpmTrie::try_from(map(ebpf, names::MAP_IDENTITY_V4)?)
-            .map_err(ebpf_err(names::MAP_IDENTITY_V4))?;
-    for entry in v4.iter() {
-        let (k, v) = entry.map_err(ebpf_err(names::MAP_IDENTITY_V4))?;
-        let net = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
-            .map_err(|e| Error::Ebpf(format!("{}: {e}", names::MAP_IDENTITY_V4)))?;
-        state.identities.insert(net, v.identity);
-    }
-    let v6: LpmTrie<_, [u8; 16], IdentityValue> =
-        LpmTrie::try_from(map(ebpf, names::MAP_IDENTITY_V6)?)
-            .map_err(ebpf_err(names::MAP_IDENTITY_V6))?;
-    for entry in v6.iter() {
-        let (k, v) = entry.map_err(ebpf_err(names::MAP_IDENTITY_V6))?;
-        let net = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
-            .map_err(|e| Error::Ebpf(format!("{}: {e}", names::MAP_IDENTITY_V6)))?;
-        state.identities.insert(net, v.identity);
-    }
+    read_trie::<[u8; 4]>(ebpf, names::MAP_IDENTITY_V4, &mut state)?;
+    read_trie::<[u8; 16]>(ebpf, names::MAP_IDENTITY_V6, &mut state)?;
+    read_hosts::<[u8; 4]>(ebpf, names::MAP_HOST_IDENTITY_V4, &mut state)?;
+    read_hosts::<[u8; 16]>(ebpf, names::MAP_HOST_IDENTITY_V6, &mut state)?;
     Ok(state)
+}
+
+/// Adds an identity trie's prefixes to `state`.
+fn read_trie<K>(ebpf: &Ebpf, name: &str, state: &mut DatapathState) -> Result<()>
+where
+    K: Pod + Into<IpAddr>,
+{
+    let trie: LpmTrie<_, K, IdentityValue> =
+        LpmTrie::try_from(map(ebpf, name)?).map_err(ebpf_err(name))?;
+    for entry in trie.iter() {
+        let (k, v) = entry.map_err(ebpf_err(name))?;
+        let net = IpNet::new(k.data().into(), k.prefix_len() as u8)
+            .map_err(|e| Error::Ebpf(format!("{name}: {e}")))?;
+        state.identities.insert(net, v.identity);
+    }
+    Ok(())
+}
+
+/// Adds a host identity map's addresses to `state`, as full-length prefixes.
+fn read_hosts<K>(ebpf: &Ebpf, name: &str, state: &mut DatapathState) -> Result<()>
+where
+    K: Pod + Into<IpAddr>,
+{
+    let hosts: HashMap<_, K, IdentityValue> =
+        HashMap::try_from(map(ebpf, name)?).map_err(ebpf_err(name))?;
+    for entry in hosts.iter() {
+        let (k, v) = entry.map_err(ebpf_err(name))?;
+        state.identities.insert(IpNet::from(k.into()), v.identity);
+    }
+    Ok(())
 }
 
 /// Applies `writes` in order; stops at the first failure (the caller re-reads the maps then).
@@ -95,6 +111,16 @@ fn apply_one(ebpf: &mut Ebpf, write: &MapWrite) -> Result<()> {
             EndpointKey { addr: addr_of(ip) },
             op,
         ),
+        // A single address goes to the family's host map, a shorter prefix to its trie (see
+        // `zt_common::identity`).
+        MapWrite::Identity(IpNet::V4(net), op) if net.prefix_len() == net.max_prefix_len() => {
+            let name = names::MAP_HOST_IDENTITY_V4;
+            write_hash(ebpf, name, net.addr().octets(), identity_op(op))
+        }
+        MapWrite::Identity(IpNet::V6(net), op) if net.prefix_len() == net.max_prefix_len() => {
+            let name = names::MAP_HOST_IDENTITY_V6;
+            write_hash(ebpf, name, net.addr().octets(), identity_op(op))
+        }
         MapWrite::Identity(IpNet::V4(net), op) => write_lpm(
             ebpf,
             names::MAP_IDENTITY_V4,
@@ -112,6 +138,13 @@ fn apply_one(ebpf: &mut Ebpf, write: &MapWrite) -> Result<()> {
             config.policy_revision = config.policy_revision.wrapping_add(1);
             write_config(ebpf, config)
         }
+    }
+}
+
+fn identity_op(op: Op<u32>) -> Op<IdentityValue> {
+    match op {
+        Op::Upsert(identity) => Op::Upsert(IdentityValue { identity }),
+        Op::Delete => Op::Delete,
     }
 }
 
