@@ -600,14 +600,50 @@ fn bridged_layout_enforces_and_follows_policy_changes() {
 #[test]
 fn restart_keeps_flows_and_denials_and_removes_only_stale_state() {
     let _serial = lock();
-    restart(Layout::Routed).unwrap();
+    restart(Layout::Routed, Attach::Tcx).unwrap();
 }
 
-fn restart(layout: Layout) -> anyhow::Result<()> {
+#[test]
+fn restart_in_tc_mode_keeps_flows_and_denials_and_removes_only_stale_state() {
+    let _serial = lock();
+    restart(Layout::Routed, Attach::Tc).unwrap();
+}
+
+/// The agent's `--attach` mode, and what it leaves under `links/` per pod.
+#[derive(Clone, Copy)]
+enum Attach {
+    /// Two pinned TCX links.
+    Tcx,
+    /// One marker directory; the filters live on the interface.
+    Tc,
+}
+
+impl Attach {
+    fn args(self) -> [&'static str; 2] {
+        match self {
+            Attach::Tcx => ["--attach", "tcx"],
+            Attach::Tc => ["--attach", "tc"],
+        }
+    }
+
+    fn files_per_pod(self) -> usize {
+        match self {
+            Attach::Tcx => 2,
+            Attach::Tc => 1,
+        }
+    }
+}
+
+fn restart(layout: Layout, attach: Attach) -> anyhow::Result<()> {
     let lab = Lab::new(layout)?;
     lab.serve()?;
     lab.write(&["a", "b", "c"], "b")?;
-    let agent = lab.start_agent()?;
+    let agent = lab.start_agent_with(&attach.args())?;
+    let attached = lab.link_pins();
+    ensure!(
+        attached.len() == 3 * attach.files_per_pod(),
+        "each pod attached in the mode asked for: {attached:?}"
+    );
     let mut established = lab.connect("b").context("b connects")?;
     ensure!(established.echo(), "b's flow works");
     ensure!(!lab.reaches("c"), "c is denied");
@@ -650,7 +686,7 @@ fn restart(layout: Layout) -> anyhow::Result<()> {
             // would leave it): its endpoint, identity and links are stale.
             lab.write(&["a", "b"], "b")?;
             thread::sleep(Duration::from_millis(500));
-            let agent = lab.start_agent()?;
+            let agent = lab.start_agent_with(&attach.args())?;
             thread::sleep(Duration::from_millis(500));
             Ok(agent)
         })();
@@ -691,8 +727,9 @@ fn restart(layout: Layout) -> anyhow::Result<()> {
         "a's endpoint names its interface"
     );
     // The agent detaches an interface after it has been unneeded for three turns (~3 s).
+    let kept = 2 * attach.files_per_pod();
     let deadline = Instant::now() + Duration::from_secs(6);
-    while lab.link_pins().len() > 4 && Instant::now() < deadline {
+    while lab.link_pins().len() > kept && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));
     }
     let pins = lab.link_pins();
@@ -700,7 +737,14 @@ fn restart(layout: Layout) -> anyhow::Result<()> {
         !pins.iter().any(|p| p.starts_with(&format!("{c_ifindex}-"))),
         "c's links are unpinned: {pins:?}"
     );
-    ensure!(pins.len() == 4, "a's and b's pairs stay pinned: {pins:?}");
+    ensure!(
+        pins.len() == kept,
+        "a's and b's pairs stay attached: {pins:?}"
+    );
+    ensure!(
+        lab.reaches("b") && !lab.reaches("c"),
+        "a's and b's enforcement is unchanged by c's detach"
+    );
     drop(agent);
     Ok(())
 }

@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// Audit mode: policy denies are allowed and reported as `audited` events instead.
     #[arg(long)]
     pub audit: bool,
+    /// How the program pair is attached to pod interfaces: `tcx` (bpf_link, Linux 6.6+) or `tc`
+    /// (clsact qdisc and netlink filters). Default: tcx where the kernel has it, tc otherwise.
+    #[arg(long, value_enum, value_name = "tcx|tc")]
+    pub attach: Option<crate::runtime::attach::AttachMode>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,16 +1,19 @@
-//! The attach manager: the program pair on each local pod's host-side interface, as TCX links
-//! pinned under `<pin_root>/links/<ifindex>-{from,to}`.
+//! The attach manager: the program pair on each local pod's host-side interface.
 //!
-//! - `zt_from_pod` sits at TCX ingress (what the pod sends), `zt_to_pod` at TCX egress (what it
+//! - `zt_from_pod` sits at TC ingress (what the pod sends), `zt_to_pod` at TC egress (what it
 //!   receives).
-//! - Pinned links outlive the agent: while it is down or restarting, the programs keep enforcing
-//!   on the pinned maps. A restarted agent [`adopts`](Attacher::adopt) them; it swaps a link's
-//!   program atomically (`BPF_LINK_UPDATE`) only when the running one differs — another tag, or it
-//!   does not use the pinned `zt_config` map (maps from an older generation of pins).
-//! - [`detach`](Attacher::detach) unpins and closes the link, which detaches it. A link whose
-//!   interface is gone is already detached by the kernel; its pin is removed.
-//! - TCX needs Linux 6.6; there is no clsact fallback (netlink filters cannot be pinned, so they
-//!   could not be adopted across restarts without a gap).
+//! - [`AttachMode::Tcx`] (Linux 6.6+): TCX links, pinned under `<pin_root>/links/<ifindex>-{from,to}`.
+//!   [`AttachMode::Tc`] (older kernels): a clsact qdisc and two direct-action `cls_bpf` filters at
+//!   a fixed priority and handle, remembered by an empty marker directory
+//!   `<pin_root>/links/<ifindex>-tc`.
+//! - Either way the attachment outlives the agent: while it is down or restarting, the programs
+//!   keep enforcing on the pinned maps. A restarted agent [`adopts`](Attacher::adopt) what it
+//!   finds. A TCX link's program is swapped atomically (`BPF_LINK_UPDATE`) only when the running
+//!   one differs — another tag, or it does not use the pinned `zt_config` map (maps from an older
+//!   generation of pins). A tc filter is replaced in place (a netlink change of the existing
+//!   filter, atomic in `cls_bpf`), never deleted and re-added.
+//! - [`detach`](Attacher::detach) unpins and closes a TCX link, or deletes the two filters. An
+//!   interface that is gone took its attachments with it; its pins or marker are removed.
 
 use std::{
     collections::BTreeMap,
@@ -23,13 +26,50 @@ use aya::{
         LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         loaded_programs,
-        tc::{SchedClassifierLink, TcAttachOptions},
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle, qdisc_add_clsact},
     },
 };
 use zt_common::names;
 
 use super::{iface::HostIf, loader::program};
 use crate::error::{Error, Result};
+
+/// How the pair is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// TCX links (`bpf_link`), pinned: Linux 6.6 and later.
+    Tcx,
+    /// A clsact qdisc and netlink `cls_bpf` filters: any kernel zt runs on.
+    Tc,
+}
+
+impl AttachMode {
+    /// TCX where the running kernel has it, tc otherwise.
+    pub fn detect() -> Self {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if kernel_has_tcx(&release) {
+            AttachMode::Tcx
+        } else {
+            AttachMode::Tc
+        }
+    }
+}
+
+/// Whether a kernel release string (`6.18.0-1-amd64`) names Linux 6.6 or later.
+fn kernel_has_tcx(release: &str) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let major = numbers.next().unwrap_or(0);
+    let minor = numbers.next().unwrap_or(0);
+    (major, minor) >= (6, 6)
+}
+
+/// The tc filters' place on the clsact hooks: first, with a handle that names them as zt's.
+const TC_PRIORITY: u16 = 1;
+const TC_HANDLE: TcHandle = TcHandle::new(0, 0x7a74);
+/// Marker directory suffix of an interface attached in tc mode.
+const TC_MARKER: &str = "tc";
 
 /// The two hooks of a pod interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +106,8 @@ impl Hook {
 #[derive(Debug)]
 struct Attached {
     ifname: String,
-    // Closing these fds leaves the links attached: the pins hold them.
+    mode: AttachMode,
+    // TCX only. Closing these fds leaves the links attached: the pins hold them.
     _links: Vec<FdLink>,
 }
 
@@ -74,13 +115,16 @@ struct Attached {
 #[derive(Debug)]
 pub struct Attacher {
     dir: PathBuf,
+    mode: AttachMode,
     attached: BTreeMap<u32, Attached>,
 }
 
 impl Attacher {
-    pub fn new(dir: &Path) -> Self {
+    /// New attachments use `mode`; [`Attacher::adopt`] takes over either kind.
+    pub fn new(dir: &Path, mode: AttachMode) -> Self {
         Self {
             dir: dir.to_path_buf(),
+            mode,
             attached: BTreeMap::new(),
         }
     }
@@ -105,9 +149,13 @@ impl Attacher {
         self.dir.join(format!("{ifindex}-{}", hook.suffix()))
     }
 
-    /// Takes over the links a previous agent pinned, for interfaces that still exist
-    /// (`live`: ifindex → name); pins of vanished interfaces are removed. A pair missing one half
-    /// is completed.
+    fn marker_path(&self, ifindex: u32) -> PathBuf {
+        self.dir.join(format!("{ifindex}-{TC_MARKER}"))
+    }
+
+    /// Takes over what a previous agent attached, for interfaces that still exist (`live`:
+    /// ifindex → name); pins and markers of vanished interfaces are removed. A pair missing one
+    /// half is completed.
     pub fn adopt(&mut self, ebpf: &mut Ebpf, config_map_id: u32, live: &BTreeMap<u32, String>) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
@@ -126,9 +174,9 @@ impl Attacher {
         }
         for (ifindex, paths) in pinned {
             let Some(ifname) = live.get(&ifindex) else {
-                tracing::info!(ifindex, "removing the pinned links of a vanished interface");
+                tracing::info!(ifindex, "removing the pins of a vanished interface");
                 for path in paths {
-                    let _ = std::fs::remove_file(path);
+                    let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir(&path));
                 }
                 continue;
             };
@@ -136,9 +184,15 @@ impl Attacher {
                 ifindex,
                 ifname: ifname.clone(),
             };
-            match self.adopt_pair(ebpf, config_map_id, &host) {
-                Ok(()) => tracing::info!(ifindex, ifname, "adopted the pinned program pair"),
-                Err(error) => tracing::warn!(%error, ifindex, ifname, "cannot adopt pinned links"),
+            let tc = paths.iter().any(|p| p.ends_with(format!("{ifindex}-{TC_MARKER}")));
+            let adopted = if tc {
+                self.attach_tc_pair(ebpf, &host)
+            } else {
+                self.adopt_pair(ebpf, config_map_id, &host)
+            };
+            match adopted {
+                Ok(()) => tracing::info!(ifindex, ifname, tc, "adopted the program pair"),
+                Err(error) => tracing::warn!(%error, ifindex, ifname, "cannot adopt the pair"),
             }
         }
     }
@@ -169,17 +223,33 @@ impl Attacher {
             host.ifindex,
             Attached {
                 ifname: host.ifname.clone(),
+                mode: AttachMode::Tcx,
                 _links: links,
             },
         );
         Ok(())
     }
 
-    /// Attaches the pair to `host` and pins it, unless it is attached already.
+    /// Attaches the pair to `host` in this attacher's mode, unless it is attached already.
     pub fn attach(&mut self, ebpf: &mut Ebpf, host: &HostIf) -> Result<()> {
         if self.attached.contains_key(&host.ifindex) {
             return Ok(());
         }
+        match self.mode {
+            AttachMode::Tcx => self.attach_tcx_pair(ebpf, host)?,
+            AttachMode::Tc => self.attach_tc_pair(ebpf, host)?,
+        }
+        tracing::info!(
+            ifindex = host.ifindex,
+            ifname = host.ifname,
+            mode = ?self.mode,
+            "attached the program pair"
+        );
+        Ok(())
+    }
+
+    /// Attaches the pair with TCX links and pins them.
+    fn attach_tcx_pair(&mut self, ebpf: &mut Ebpf, host: &HostIf) -> Result<()> {
         let mut links = Vec::new();
         for hook in Hook::BOTH {
             let path = self.pin_path(host.ifindex, hook);
@@ -195,27 +265,62 @@ impl Attacher {
                 }
             }
         }
-        tracing::info!(
-            ifindex = host.ifindex,
-            ifname = host.ifname,
-            "attached the program pair"
-        );
         self.attached.insert(
             host.ifindex,
             Attached {
                 ifname: host.ifname.clone(),
+                mode: AttachMode::Tcx,
                 _links: links,
             },
         );
         Ok(())
     }
 
-    /// Detaches the pair from `ifindex` and removes its pins.
+    /// Attaches the pair as tc filters, replacing ours in place where they exist, and leaves a
+    /// marker so a restarted agent knows to adopt them.
+    fn attach_tc_pair(&mut self, ebpf: &mut Ebpf, host: &HostIf) -> Result<()> {
+        let marker = self.marker_path(host.ifindex);
+        // bpffs holds directories but no regular files: the marker is an empty directory.
+        match std::fs::create_dir(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    path: marker,
+                    source,
+                });
+            }
+        }
+        // The qdisc is usually there already (EEXIST); attaching reports any real problem.
+        let _ = qdisc_add_clsact(&host.ifname);
+        for hook in Hook::BOTH {
+            attach_tc(ebpf, hook, host)?;
+        }
+        self.attached.insert(
+            host.ifindex,
+            Attached {
+                ifname: host.ifname.clone(),
+                mode: AttachMode::Tc,
+                _links: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Detaches the pair from `ifindex` and removes its pins or marker.
     pub fn detach(&mut self, ifindex: u32) {
         for hook in Hook::BOTH {
             let _ = std::fs::remove_file(self.pin_path(ifindex, hook));
         }
+        let _ = std::fs::remove_dir(self.marker_path(ifindex));
         if let Some(attached) = self.attached.remove(&ifindex) {
+            if attached.mode == AttachMode::Tc {
+                for hook in Hook::BOTH {
+                    // Dropping a netlink link deletes its filter; an interface that is gone took
+                    // its filters with it, which makes this fail harmlessly.
+                    drop(tc_link(hook, &attached.ifname));
+                }
+            }
             tracing::info!(
                 ifindex,
                 ifname = attached.ifname,
@@ -223,6 +328,44 @@ impl Attacher {
             );
         }
     }
+}
+
+/// Our filter on `hook` of `ifname`, whether or not it exists.
+fn tc_link(hook: Hook, ifname: &str) -> std::io::Result<SchedClassifierLink> {
+    SchedClassifierLink::attached(ifname, hook.attach_type(), TC_PRIORITY, TC_HANDLE, None)
+}
+
+/// Puts our program in our filter on `hook` of `host`: the existing filter's program is replaced
+/// in place, else the filter is created.
+fn attach_tc(ebpf: &mut Ebpf, hook: Hook, host: &HostIf) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| {
+        Error::Ebpf(format!(
+            "tc attach of {} to {}: {e}",
+            hook.program(),
+            host.ifname
+        ))
+    };
+    let prog = program(ebpf, hook.program())?;
+    let existing = tc_link(hook, &host.ifname).map_err(|e| err(&e))?;
+    let id = match prog.attach_to_link(existing) {
+        Ok(id) => id,
+        Err(_) => prog
+            .attach_with_options(
+                &host.ifname,
+                hook.attach_type(),
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: TC_PRIORITY,
+                    handle: TC_HANDLE,
+                    classid: None,
+                }),
+            )
+            .map_err(|e| err(&e))?,
+    };
+    let link = prog.take_link(id).map_err(|e| err(&e))?;
+    // A filter lives on the interface, not in a file descriptor: it must stay when this agent
+    // exits, so it keeps enforcing; dropping the link would delete it.
+    std::mem::forget(link);
+    Ok(())
 }
 
 fn attach_new(ebpf: &mut Ebpf, hook: Hook, host: &HostIf, pin: &Path) -> Result<FdLink> {
@@ -276,4 +419,23 @@ fn replace(ebpf: &mut Ebpf, hook: Hook, link: FdLink) -> Result<FdLink> {
     let id = prog.attach_to_link(link).map_err(|e| err(&e))?;
     let link = prog.take_link(id).map_err(|e| err(&e))?;
     FdLink::try_from(link).map_err(|e| err(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcx_from_linux_6_6_on() {
+        for (release, tcx) in [
+            ("6.18.0-1-amd64", true),
+            ("6.6.0", true),
+            ("6.5.13-generic", false),
+            ("5.15.0-91-generic", false),
+            ("7.0", true),
+            ("", false),
+        ] {
+            assert_eq!(kernel_has_tcx(release), tcx, "{release}");
+        }
+    }
 }

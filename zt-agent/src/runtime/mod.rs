@@ -39,7 +39,7 @@ use tokio::{signal::unix::SignalKind, sync::mpsc};
 use zt_common::names;
 
 use self::{
-    attach::Attacher,
+    attach::{AttachMode, Attacher},
     iface::{Discovery, HostIf},
     loader::Loaded,
     metrics::{Health, MapLabel, Metrics},
@@ -121,7 +121,9 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
         "loaded the datapath; adopting what the maps hold"
     );
     let links = iface::list_links()?;
-    let mut attacher = Attacher::new(&loaded.links_dir);
+    let mode = args.attach.unwrap_or_else(AttachMode::detect);
+    tracing::info!(?mode, "attach mode");
+    let mut attacher = Attacher::new(&loaded.links_dir, mode);
     let config_map_id = loaded.config_map_id()?;
     attacher.adopt(&mut loaded.ebpf, config_map_id, &live(&links));
 
