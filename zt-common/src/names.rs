@@ -46,9 +46,10 @@ pub const PINNED_MAPS: [&str; 12] = [
 /// Map capacities. The agent refuses to compile a state that does not fit (it never truncates).
 pub mod capacity {
     pub const ENDPOINTS: u32 = 4096;
-    /// Prefix tries: ipBlock CIDRs and their `except` holes.
-    pub const IDENTITY_V4: u32 = 65_536;
-    pub const IDENTITY_V6: u32 = 65_536;
+    /// Prefix tries: ipBlock CIDRs and their `except` holes (not preallocated: capacity costs
+    /// nothing until used; it stays as it was when pods lived here too, so pinned tries are reused).
+    pub const IDENTITY_V4: u32 = 262_144;
+    pub const IDENTITY_V6: u32 = 262_144;
     /// Single addresses (pods, this node).
     pub const HOST_IDENTITY_V4: u32 = 262_144;
     pub const HOST_IDENTITY_V6: u32 = 262_144;

@@ -113,11 +113,21 @@ fn apply_one(ebpf: &mut Ebpf, write: &MapWrite) -> Result<()> {
         ),
         // A single address goes to the family's host map, a shorter prefix to its trie (see
         // `zt_common::identity`).
+        // Deletes go to the trie too: maps pinned by an older version held single addresses
+        // there, and a stale one would still answer for the address.
         MapWrite::Identity(IpNet::V4(net), op) if net.prefix_len() == net.max_prefix_len() => {
+            if op == Op::Delete {
+                let key = LpmKey::new(32, net.addr().octets());
+                write_lpm(ebpf, names::MAP_IDENTITY_V4, key, Op::Delete)?;
+            }
             let name = names::MAP_HOST_IDENTITY_V4;
             write_hash(ebpf, name, net.addr().octets(), identity_op(op))
         }
         MapWrite::Identity(IpNet::V6(net), op) if net.prefix_len() == net.max_prefix_len() => {
+            if op == Op::Delete {
+                let key = LpmKey::new(128, net.addr().octets());
+                write_lpm(ebpf, names::MAP_IDENTITY_V6, key, Op::Delete)?;
+            }
             let name = names::MAP_HOST_IDENTITY_V6;
             write_hash(ebpf, name, net.addr().octets(), identity_op(op))
         }
