@@ -378,10 +378,8 @@ impl Datapath {
 
     /// Conntrack entries of both families.
     pub fn conntrack_len(&self) -> anyhow::Result<usize> {
-        let v4: HashMap<_, CtKey4, CtValue> =
-            HashMap::try_from(self.map(names::MAP_CONNTRACK_V4))?;
-        let v6: HashMap<_, CtKey6, CtValue> =
-            HashMap::try_from(self.map(names::MAP_CONNTRACK_V6))?;
+        let v4: HashMap<_, CtKey4, CtValue> = HashMap::try_from(self.map(names::MAP_CONNTRACK_V4))?;
+        let v6: HashMap<_, CtKey6, CtValue> = HashMap::try_from(self.map(names::MAP_CONNTRACK_V6))?;
         Ok(v4.keys().filter(Result::is_ok).count() + v6.keys().filter(Result::is_ok).count())
     }
 

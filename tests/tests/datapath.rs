@@ -145,14 +145,7 @@ fn tcp_flow_with_reply(v6: bool) {
         (e.policy_ref, e.src, e.dst),
         (POLICY_REF, addr_of(f.peer), addr_of(f.pod))
     );
-    let key = ct_key(
-        f.peer,
-        40000,
-        f.pod,
-        80,
-        proto::TCP,
-        INGRESS,
-    );
+    let key = ct_key(f.peer, 40000, f.pod, 80, proto::TCP, INGRESS);
     assert_eq!(f.dp.conntrack(&key).unwrap().map(|v| v.revision), Some(1));
 
     let ack = Packet::tcp_flags(sa(f.peer, 40000), sa(f.pod, 80), TCP_ACK);
@@ -299,14 +292,7 @@ fn policy_revision_rechecks_established_flows() {
     let syn = Packet::tcp(sa(f.peer, 40000), sa(f.pod, 80));
     let reply = Packet::tcp_flags(sa(f.pod, 80), sa(f.peer, 40000), TCP_ACK);
     f.run(Hook::ToPod, &syn).assert_reason(reason::ALLOW_POLICY);
-    let key = ct_key(
-        f.peer,
-        40000,
-        f.pod,
-        80,
-        proto::TCP,
-        INGRESS,
-    );
+    let key = ct_key(f.peer, 40000, f.pod, 80, proto::TCP, INGRESS);
 
     // A new revision that still allows the flow: re-checked, refreshed, allowed.
     f.bump_revision();
@@ -366,14 +352,7 @@ fn audit_mode_allows_what_it_would_deny_and_says_so() {
     run.assert_reason(reason::ALLOW_AUDIT);
     let e = one_event(&run, kind::AUDITED);
     assert_eq!(e.dport, 22);
-    let key = ct_key(
-        f.peer,
-        40000,
-        f.pod,
-        22,
-        proto::TCP,
-        INGRESS,
-    );
+    let key = ct_key(f.peer, 40000, f.pod, 22, proto::TCP, INGRESS);
     assert_eq!(
         f.dp.conntrack(&key).unwrap().map(|v| v.flags),
         Some(ct_flags::AUDITED)

@@ -15,8 +15,8 @@ use zt_common::{
 
 use crate::{
     conntrack::{self, Hit},
-    frag,
     family::{Family, V4, V6},
+    frag,
     keys::{EndpointKey, copy_addr, is_ipv4_mapped, zero},
     maps::ENDPOINTS,
     packet::{self, Packet, class},

@@ -10,7 +10,9 @@ use zt_common::{conntrack::CtValue, identity::IdentityValue};
 
 use crate::{
     keys::{Addr32, CtKey4, CtKey6, Lpm4, Lpm6, copy_addr},
-    maps::{CONNTRACK_V4, CONNTRACK_V6, HOST_IDENTITY_V4, HOST_IDENTITY_V6, IDENTITY_V4, IDENTITY_V6},
+    maps::{
+        CONNTRACK_V4, CONNTRACK_V6, HOST_IDENTITY_V4, HOST_IDENTITY_V6, IDENTITY_V4, IDENTITY_V6,
+    },
 };
 
 /// A conntrack key's fields; addresses in the packet's `Addr32` form.

@@ -3,11 +3,11 @@
 //!
 //! Cases (repeat mode: one packet run [`REPEAT`] times in the kernel, the kernel's mean):
 //! - `baseline`: `zt_baseline` (parse and pass) — the floor;
-//! - `ct_hit`: a packet (ACK) of an established flow;
+//! - `ct_hit`, `ct_hit_ipv6`: a packet (ACK) of an established flow;
 //! - `new_flow_1k`, `new_flow_100k`: a TCP SYN with 1k resp. 100k peer identities and as many
 //!   policy entries loaded. A SYN opens a connection, so every run is a new flow: endpoint,
 //!   identity and policy lookups, a conntrack write and a NEW_FLOW event (the bench checks that
-//!   every run was admitted by policy);
+//!   every run was admitted by policy); `new_flow_ipv6` the same over IPv6;
 //! - `denied`: a SYN no policy allows (identity and policy lookups, DENIED event);
 //! - `not_isolated`: an ACK to a pod no policy selects (conntrack misses, endpoint lookup).
 //!
@@ -22,7 +22,10 @@
 //! reservations succeed, as they would with a reader attached. Every figure is the median of
 //! [`RUNS`] runs.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::{Context as _, ensure};
 use zt_common::{
@@ -48,6 +51,9 @@ const COLD_SAMPLES: usize = 2000;
 const PEERS_LARGE: u32 = 100_000;
 const POD: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const POD_ID: u32 = 300;
+const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
+const PEER6_ID: u32 = 999;
 /// A pod no policy selects.
 const OPEN_POD: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
 /// The established flow's source port, above every port new flows use (1024..61024).
@@ -78,15 +84,20 @@ pub fn run(json: bool) -> anyhow::Result<()> {
         method: "repeat mode",
     });
 
-    let ct_packet = establish(&mut small)?;
-    let ct_hit = median(RUNS, || {
-        repeat_ns(&mut small, Hook::ToPod, &ct_packet, REPEAT, TC_ACT_OK)
-    })?;
-    cases.push(Case {
-        name: "ct_hit",
-        ns: ct_hit,
-        method: "repeat mode",
-    });
+    for (name, from, to) in [
+        ("ct_hit", IpAddr::from(peer(0)), IpAddr::from(POD)),
+        ("ct_hit_ipv6", PEER6.into(), POD6.into()),
+    ] {
+        let packet = establish(&mut small, from, to)?;
+        let ns = median(RUNS, || {
+            repeat_ns(&mut small, Hook::ToPod, &packet, REPEAT, TC_ACT_OK)
+        })?;
+        cases.push(Case {
+            name,
+            ns,
+            method: "repeat mode, TCP ACK",
+        });
+    }
 
     // The kernel timer's fixed cost around a single run.
     let single = median(RUNS, || {
@@ -100,8 +111,14 @@ pub fn run(json: bool) -> anyhow::Result<()> {
 
     cases.push(Case {
         name: "new_flow_1k",
-        ns: new_flow(&mut small, 1_000)?,
+        ns: new_flow(&mut small, &tcp(peer(500), 40000, 80))?,
         method: "repeat mode, TCP SYN, events drained",
+    });
+    let syn6 = Packet::tcp((PEER6, 40000).into(), (POD6, 80).into()).payload(10);
+    cases.push(Case {
+        name: "new_flow_ipv6",
+        ns: new_flow(&mut small, &syn6)?,
+        method: "as new_flow_1k, IPv6 (the peer's identity from the /128 host map)",
     });
     let denied = with_events(&mut small, &tcp(peer(1), 40000, 81), TC_ACT_SHOT)?;
     cases.push(Case {
@@ -109,8 +126,8 @@ pub fn run(json: bool) -> anyhow::Result<()> {
         ns: denied,
         method: "repeat mode, TCP SYN, events drained",
     });
-    let open = Packet::tcp_flags((peer(1), 40000).into(), (OPEN_POD, 80).into(), TCP_ACK)
-        .payload(10);
+    let open =
+        Packet::tcp_flags((peer(1), 40000).into(), (OPEN_POD, 80).into(), TCP_ACK).payload(10);
     let not_isolated = median(RUNS, || {
         repeat_ns(&mut small, Hook::ToPod, &open, REPEAT, TC_ACT_OK)
     })?;
@@ -124,7 +141,7 @@ pub fn run(json: bool) -> anyhow::Result<()> {
     let mut large = seeded(100_000)?;
     cases.push(Case {
         name: "new_flow_100k",
-        ns: new_flow(&mut large, 100_000)?,
+        ns: new_flow(&mut large, &tcp(peer(PEERS_LARGE / 2), 40000, 80))?,
         method: "repeat mode, TCP SYN, events drained",
     });
     let mut flows = 0;
@@ -162,15 +179,14 @@ pub fn run(json: bool) -> anyhow::Result<()> {
 }
 
 /// Admits the flow `ct_hit` measures and returns a packet of it (a 64-byte TCP ACK).
-fn establish(dp: &mut Datapath) -> anyhow::Result<Packet> {
-    dp.run(Hook::ToPod, &tcp(peer(0), ESTABLISHED_PORT, 80).build())?
-        .assert_reason(reason::ALLOW_POLICY);
-    Ok(Packet::tcp_flags(
-        (peer(0), ESTABLISHED_PORT).into(),
-        (POD, 80).into(),
-        TCP_ACK,
-    )
-    .payload(10))
+fn establish(dp: &mut Datapath, from: IpAddr, to: IpAddr) -> anyhow::Result<Packet> {
+    let (client, server) = ((from, ESTABLISHED_PORT).into(), (to, 80).into());
+    dp.run(
+        Hook::ToPod,
+        &Packet::tcp(client, server).payload(10).build(),
+    )?
+    .assert_reason(reason::ALLOW_POLICY);
+    Ok(Packet::tcp_flags(client, server, TCP_ACK).payload(10))
 }
 
 /// The i-th peer address (10.1.0.0 + i).
@@ -193,15 +209,13 @@ fn seeded(n: u32) -> anyhow::Result<Datapath> {
         flags: flags::FAIL_CLOSED,
         _pad: 0,
     })?;
-    dp.set_endpoint(
-        POD.into(),
-        EndpointValue {
-            identity: POD_ID,
-            flags: ep::INGRESS_ISOLATED | ep::EGRESS_ISOLATED,
-            ingress_tuples: tuple::bit(false, 16),
-            ..Default::default()
-        },
-    )?;
+    let pod = EndpointValue {
+        identity: POD_ID,
+        flags: ep::INGRESS_ISOLATED | ep::EGRESS_ISOLATED,
+        ingress_tuples: tuple::bit(false, 16),
+        ..Default::default()
+    };
+    dp.set_endpoint(POD.into(), pod)?;
     dp.set_endpoint(
         OPEN_POD.into(),
         EndpointValue {
@@ -209,19 +223,27 @@ fn seeded(n: u32) -> anyhow::Result<Datapath> {
             ..Default::default()
         },
     )?;
+    // One IPv6 pod with one allowed peer, for the `_ipv6` cases.
+    dp.set_endpoint(POD6.into(), pod)?;
+    dp.set_identity(ipnet::Ipv6Net::new(PEER6, 128)?.into(), PEER6_ID)?;
+    dp.set_policy(allow(PEER6_ID), PEER6_ID)?;
     for i in 0..n {
         let identity = 1000 + i;
         dp.set_identity(ipnet::Ipv4Net::new(peer(i), 32)?.into(), identity)?;
-        let key = PolicyKey {
-            subject: POD_ID,
-            peer: identity,
-            port: 80,
-            protocol: proto::TCP,
-            tuple: tuple::key_byte(INGRESS, 16),
-        };
-        dp.set_policy(key, i)?;
+        dp.set_policy(allow(identity), i)?;
     }
     Ok(dp)
+}
+
+/// The entry allowing `peer` TCP port 80 into the pod.
+fn allow(peer: u32) -> PolicyKey {
+    PolicyKey {
+        subject: POD_ID,
+        peer,
+        port: 80,
+        protocol: proto::TCP,
+        tuple: tuple::key_byte(INGRESS, 16),
+    }
 }
 
 fn repeat_ns(
@@ -251,11 +273,10 @@ fn with_events(dp: &mut Datapath, p: &Packet, want: i32) -> anyhow::Result<f64> 
     })
 }
 
-/// A SYN from a peer in the middle of the `peers` loaded, in repeat mode: every run must be a new
-/// flow admitted by policy.
-fn new_flow(dp: &mut Datapath, peers: u32) -> anyhow::Result<f64> {
+/// `syn` in repeat mode: every run must be a new flow admitted by policy.
+fn new_flow(dp: &mut Datapath, syn: &Packet) -> anyhow::Result<f64> {
     let before = dp.counters()?[reason::ALLOW_POLICY as usize];
-    let ns = with_events(dp, &tcp(peer(peers / 2), 40000, 80), TC_ACT_OK)?;
+    let ns = with_events(dp, syn, TC_ACT_OK)?;
     let admitted = dp.counters()?[reason::ALLOW_POLICY as usize] - before;
     let runs = (RUNS * EVENT_BATCHES) as u64 * u64::from(EVENT_REPEAT);
     ensure!(

@@ -184,7 +184,9 @@ impl Attacher {
                 ifindex,
                 ifname: ifname.clone(),
             };
-            let tc = paths.iter().any(|p| p.ends_with(format!("{ifindex}-{TC_MARKER}")));
+            let tc = paths
+                .iter()
+                .any(|p| p.ends_with(format!("{ifindex}-{TC_MARKER}")));
             let adopted = if tc {
                 self.attach_tc_pair(ebpf, &host)
             } else {
