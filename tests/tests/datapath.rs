@@ -441,6 +441,37 @@ fn identity_is_longest_prefix_match() {
     // The `except` hole: a longer prefix with another identity.
     f.run(Hook::ToPod, &from("192.168.7.1"))
         .assert_reason(reason::DROP_POLICY_INGRESS);
+    // A single address (a pod's) lives in the host map and wins over every prefix around it.
+    f.dp.set_identity("192.168.7.9/32".parse().unwrap(), 1 << 24)
+        .unwrap();
+    f.run(Hook::ToPod, &from("192.168.7.9"))
+        .assert_reason(reason::ALLOW_POLICY);
+    f.run(Hook::ToPod, &from("192.168.7.8"))
+        .assert_reason(reason::DROP_POLICY_INGRESS);
+}
+
+#[test]
+fn ipv6_identity_is_the_host_entry_else_longest_prefix() {
+    let mut f = Fixture::isolated(true);
+    let (block, hole) = (1 << 24, (1 << 24) + 1);
+    f.dp.set_identity("fd00:7::/32".parse().unwrap(), block)
+        .unwrap();
+    f.dp.set_identity("fd00:7:1::/48".parse().unwrap(), hole)
+        .unwrap();
+    f.dp.set_identity("fd00:7:1::9/128".parse().unwrap(), block)
+        .unwrap();
+    f.allow(INGRESS, block, proto::TCP, 80, 16);
+    let pod = f.pod;
+    let from = |a: &str| Packet::tcp(sa(ip(a), 1000), sa(pod, 80));
+    for (peer, want) in [
+        ("fd00:7:2::1", reason::ALLOW_POLICY),
+        ("fd00:7:1::1", reason::DROP_POLICY_INGRESS),
+        ("fd00:7:1::9", reason::ALLOW_POLICY),
+        ("fd00:8::1", reason::DROP_POLICY_INGRESS),
+    ] {
+        let run = f.run(Hook::ToPod, &from(peer));
+        run.assert_reason(want);
+    }
 }
 
 #[test]
