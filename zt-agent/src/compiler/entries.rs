@@ -1,0 +1,226 @@
+//! Policy entries as a multiset of grants, so they can be added and retracted one at a time.
+//!
+//! Several rules (of one policy or several) may grant the same key; the key stays while any
+//! grant remains, and its value names the lowest policy ref among them (the choice a full compile
+//! makes, deterministically). This is Cilium's `MapState` with owners per entry, reduced to
+//! counts per policy ref. Alongside, per subject, how many keys use each tuple slot: the
+//! endpoint's tuple sets follow from it without a scan.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, hash_map::Entry};
+
+use zt_common::policy::{PolicyKey, PolicyValue};
+
+use super::emit::slot_bit;
+
+/// The grants of one key, by policy ref: (ref, count), sorted by ref.
+#[derive(Debug)]
+enum Owners {
+    /// The common case, without an allocation.
+    One(u32, u32),
+    Many(Vec<(u32, u32)>),
+}
+
+impl Owners {
+    fn lowest(&self) -> u32 {
+        match self {
+            Owners::One(r, _) => *r,
+            Owners::Many(v) => v[0].0,
+        }
+    }
+
+    fn add(&mut self, policy_ref: u32) {
+        match self {
+            Owners::One(r, n) if *r == policy_ref => *n += 1,
+            Owners::One(r, n) => {
+                let mut v = vec![(*r, *n), (policy_ref, 1)];
+                v.sort_unstable();
+                *self = Owners::Many(v);
+            }
+            Owners::Many(v) => match v.binary_search_by_key(&policy_ref, |(r, _)| *r) {
+                Ok(i) => v[i].1 += 1,
+                Err(i) => v.insert(i, (policy_ref, 1)),
+            },
+        }
+    }
+
+    /// `false` when no grant is left.
+    fn remove(&mut self, policy_ref: u32) -> bool {
+        match self {
+            Owners::One(r, n) => {
+                debug_assert_eq!(*r, policy_ref, "retracting a grant never made");
+                *n -= 1;
+                *n > 0
+            }
+            Owners::Many(v) => {
+                let Ok(i) = v.binary_search_by_key(&policy_ref, |(r, _)| *r) else {
+                    debug_assert!(false, "retracting a grant never made");
+                    return true;
+                };
+                v[i].1 -= 1;
+                if v[i].1 == 0 {
+                    v.remove(i);
+                }
+                if let [(r, n)] = v[..] {
+                    *self = Owners::One(r, n);
+                }
+                true
+            }
+        }
+    }
+}
+
+/// Keys per tuple slot of one subject: `[ingress, egress]`, 64 slots each.
+type SlotCounts = [[u32; 64]; 2];
+
+#[derive(Default)]
+pub struct Entries {
+    owners: HashMap<PolicyKey, Owners>,
+    slots: HashMap<u32, Box<SlotCounts>>,
+    /// Keys written since the last [`Entries::take_delta`], with their value before.
+    before: HashMap<PolicyKey, Option<PolicyValue>>,
+    /// Subjects whose tuple sets may have changed since the last [`Entries::take_subjects`].
+    subjects: BTreeSet<u32>,
+}
+
+impl Entries {
+    pub fn add(&mut self, key: PolicyKey, policy_ref: u32) {
+        match self.owners.entry(key) {
+            Entry::Occupied(mut e) => {
+                let lowest = e.get().lowest();
+                if policy_ref < lowest {
+                    self.before
+                        .entry(key)
+                        .or_insert(Some(PolicyValue { policy_ref: lowest }));
+                }
+                e.get_mut().add(policy_ref);
+            }
+            Entry::Vacant(e) => {
+                e.insert(Owners::One(policy_ref, 1));
+                self.before.entry(key).or_insert(None);
+                self.count_slot(&key, true);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: PolicyKey, policy_ref: u32) {
+        let Some(owners) = self.owners.get_mut(&key) else {
+            debug_assert!(false, "retracting {key:?}, which has no grant");
+            return;
+        };
+        let lowest = owners.lowest();
+        let changed = if owners.remove(policy_ref) {
+            owners.lowest() != lowest
+        } else {
+            self.owners.remove(&key);
+            self.count_slot(&key, false);
+            true
+        };
+        if changed {
+            self.before
+                .entry(key)
+                .or_insert(Some(PolicyValue { policy_ref: lowest }));
+        }
+    }
+
+    /// The tuple sets of a subject: `(ingress, egress)`.
+    pub fn tuples(&self, subject: u32) -> (u64, u64) {
+        let Some(counts) = self.slots.get(&subject) else {
+            return (0, 0);
+        };
+        let bits = |dir: &[u32; 64]| {
+            dir.iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .fold(0u64, |acc, (i, _)| acc | 1 << i)
+        };
+        (bits(&counts[0]), bits(&counts[1]))
+    }
+
+    /// The entries that changed since the last call: `Some` upserts, `None` deletes.
+    pub fn take_delta(&mut self) -> BTreeMap<PolicyKey, Option<PolicyValue>> {
+        self.before
+            .drain()
+            .filter_map(|(key, before)| {
+                let now = self.owners.get(&key).map(|o| PolicyValue {
+                    policy_ref: o.lowest(),
+                });
+                (now != before).then_some((key, now))
+            })
+            .collect()
+    }
+
+    /// Subjects whose tuple sets may have changed since the last call.
+    pub fn take_subjects(&mut self) -> BTreeSet<u32> {
+        std::mem::take(&mut self.subjects)
+    }
+
+    fn count_slot(&mut self, key: &PolicyKey, present: bool) {
+        let (egress, bit) = slot_bit(key);
+        let counts = self
+            .slots
+            .entry(key.subject)
+            .or_insert_with(|| Box::new([[0; 64]; 2]));
+        let n = &mut counts[usize::from(egress)][bit.trailing_zeros() as usize];
+        if present {
+            *n += 1;
+            if *n == 1 {
+                self.subjects.insert(key.subject);
+            }
+        } else {
+            *n -= 1;
+            if *n == 0 {
+                self.subjects.insert(key.subject);
+                if counts.iter().flatten().all(|n| *n == 0) {
+                    self.slots.remove(&key.subject);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use zt_common::policy::tuple;
+
+    use super::*;
+
+    fn key(peer: u32) -> PolicyKey {
+        PolicyKey {
+            subject: 300,
+            peer,
+            port: 80,
+            protocol: zt_common::proto::TCP,
+            tuple: 16,
+        }
+    }
+
+    #[test]
+    fn a_key_lives_while_a_grant_does_and_carries_the_lowest_ref() {
+        let mut e = Entries::default();
+        e.add(key(1), 5);
+        e.add(key(1), 3);
+        e.add(key(1), 5);
+        assert_eq!(
+            e.take_delta().into_iter().collect::<Vec<_>>(),
+            [(key(1), Some(PolicyValue { policy_ref: 3 }))]
+        );
+        assert_eq!(e.tuples(300), (tuple::bit(false, 16), 0));
+        e.remove(key(1), 3);
+        assert_eq!(
+            e.take_delta().into_iter().collect::<Vec<_>>(),
+            [(key(1), Some(PolicyValue { policy_ref: 5 }))]
+        );
+        e.remove(key(1), 5);
+        assert!(e.take_delta().is_empty(), "one grant of ref 5 is left");
+        e.remove(key(1), 5);
+        assert_eq!(
+            e.take_delta().into_iter().collect::<Vec<_>>(),
+            [(key(1), None)]
+        );
+        assert_eq!(e.tuples(300), (0, 0));
+        // Added and retracted within one update: no write.
+        e.add(key(2), 1);
+        e.remove(key(2), 1);
+        assert!(e.take_delta().is_empty());
+    }
+}
