@@ -10,10 +10,11 @@
 //! only at the addresses and subjects touched since the last flush.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
+use foldhash::HashMap;
 use ipnet::IpNet;
 use zt_common::{endpoint::EndpointValue, identity::HOST};
 

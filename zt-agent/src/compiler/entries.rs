@@ -6,7 +6,9 @@
 //! counts per policy ref. Alongside, per subject, how many keys use each tuple slot: the
 //! endpoint's tuple sets follow from it without a scan.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, hash_map::Entry};
+use std::collections::{BTreeMap, BTreeSet, hash_map::Entry};
+
+use foldhash::HashMap;
 
 use zt_common::policy::{PolicyKey, PolicyValue};
 
@@ -76,8 +78,9 @@ type SlotCounts = [[u32; 64]; 2];
 pub struct Entries {
     owners: HashMap<PolicyKey, Owners>,
     slots: HashMap<u32, Box<SlotCounts>>,
-    /// Keys written since the last [`Entries::take_delta`], with their value before.
-    before: HashMap<PolicyKey, Option<PolicyValue>>,
+    /// Keys whose value may have changed since the last [`Entries::take_delta`] (repeats
+    /// allowed).
+    touched: Vec<PolicyKey>,
     /// Subjects whose tuple sets may have changed since the last [`Entries::take_subjects`].
     subjects: BTreeSet<u32>,
 }
@@ -86,17 +89,14 @@ impl Entries {
     pub fn add(&mut self, key: PolicyKey, policy_ref: u32) {
         match self.owners.entry(key) {
             Entry::Occupied(mut e) => {
-                let lowest = e.get().lowest();
-                if policy_ref < lowest {
-                    self.before
-                        .entry(key)
-                        .or_insert(Some(PolicyValue { policy_ref: lowest }));
+                if policy_ref < e.get().lowest() {
+                    self.touched.push(key);
                 }
                 e.get_mut().add(policy_ref);
             }
             Entry::Vacant(e) => {
                 e.insert(Owners::One(policy_ref, 1));
-                self.before.entry(key).or_insert(None);
+                self.touched.push(key);
                 self.count_slot(&key, true);
             }
         }
@@ -116,9 +116,7 @@ impl Entries {
             true
         };
         if changed {
-            self.before
-                .entry(key)
-                .or_insert(Some(PolicyValue { policy_ref: lowest }));
+            self.touched.push(key);
         }
     }
 
@@ -136,15 +134,22 @@ impl Entries {
         (bits(&counts[0]), bits(&counts[1]))
     }
 
-    /// The entries that changed since the last call: `Some` upserts, `None` deletes.
-    pub fn take_delta(&mut self) -> BTreeMap<PolicyKey, Option<PolicyValue>> {
-        self.before
-            .drain()
-            .filter_map(|(key, before)| {
+    /// What turns `applied` (the entries as of the last call) into the entries now: `Some`
+    /// upserts, `None` deletes.
+    pub fn take_delta(
+        &mut self,
+        applied: &BTreeMap<PolicyKey, PolicyValue>,
+    ) -> BTreeMap<PolicyKey, Option<PolicyValue>> {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        touched
+            .into_iter()
+            .filter_map(|key| {
                 let now = self.owners.get(&key).map(|o| PolicyValue {
                     policy_ref: o.lowest(),
                 });
-                (now != before).then_some((key, now))
+                (applied.get(&key) != now.as_ref()).then_some((key, now))
             })
             .collect()
     }
@@ -194,33 +199,43 @@ mod tests {
         }
     }
 
+    /// Takes the delta and applies it, as the compiler does with its state.
+    fn step(
+        e: &mut Entries,
+        applied: &mut BTreeMap<PolicyKey, PolicyValue>,
+    ) -> Vec<(PolicyKey, Option<PolicyValue>)> {
+        let delta = e.take_delta(applied);
+        for (k, v) in &delta {
+            match v {
+                Some(v) => applied.insert(*k, *v),
+                None => applied.remove(k),
+            };
+        }
+        delta.into_iter().collect()
+    }
+
     #[test]
     fn a_key_lives_while_a_grant_does_and_carries_the_lowest_ref() {
-        let mut e = Entries::default();
+        let (mut e, mut applied) = (Entries::default(), BTreeMap::new());
         e.add(key(1), 5);
         e.add(key(1), 3);
         e.add(key(1), 5);
-        assert_eq!(
-            e.take_delta().into_iter().collect::<Vec<_>>(),
-            [(key(1), Some(PolicyValue { policy_ref: 3 }))]
-        );
+        let value = |r| Some(PolicyValue { policy_ref: r });
+        assert_eq!(step(&mut e, &mut applied), [(key(1), value(3))]);
         assert_eq!(e.tuples(300), (tuple::bit(false, 16), 0));
         e.remove(key(1), 3);
-        assert_eq!(
-            e.take_delta().into_iter().collect::<Vec<_>>(),
-            [(key(1), Some(PolicyValue { policy_ref: 5 }))]
+        assert_eq!(step(&mut e, &mut applied), [(key(1), value(5))]);
+        e.remove(key(1), 5);
+        assert!(
+            step(&mut e, &mut applied).is_empty(),
+            "one grant of ref 5 is left"
         );
         e.remove(key(1), 5);
-        assert!(e.take_delta().is_empty(), "one grant of ref 5 is left");
-        e.remove(key(1), 5);
-        assert_eq!(
-            e.take_delta().into_iter().collect::<Vec<_>>(),
-            [(key(1), None)]
-        );
+        assert_eq!(step(&mut e, &mut applied), [(key(1), None)]);
         assert_eq!(e.tuples(300), (0, 0));
         // Added and retracted within one update: no write.
         e.add(key(2), 1);
         e.remove(key(2), 1);
-        assert!(e.take_delta().is_empty());
+        assert!(step(&mut e, &mut applied).is_empty());
     }
 }

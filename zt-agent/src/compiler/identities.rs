@@ -8,11 +8,12 @@
 //! identity never changes meaning while entries for its old meaning may still be in the maps.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     hash::Hash,
     net::IpAddr,
 };
 
+use foldhash::HashMap;
 use ipnet::IpNet;
 use zt_common::identity::{FIRST_CIDR, FIRST_POD};
 
@@ -143,9 +144,9 @@ pub struct Table<K> {
 impl<K: Clone + Eq + Hash> Table<K> {
     fn new(first: u32, limit: u32) -> Self {
         Table {
-            ids: HashMap::new(),
-            live: HashMap::new(),
-            freed: HashMap::new(),
+            ids: HashMap::default(),
+            live: HashMap::default(),
+            freed: HashMap::default(),
             next: None,
             first,
             limit,
@@ -222,7 +223,7 @@ impl Default for Classes {
         Classes {
             pods: Table::new(FIRST_POD, FIRST_CIDR),
             cidrs: Table::new(FIRST_CIDR, u32::MAX),
-            by_namespace: HashMap::new(),
+            by_namespace: HashMap::default(),
         }
     }
 }

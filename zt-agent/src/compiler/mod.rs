@@ -50,11 +50,12 @@ mod selections;
 pub mod selector;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     fmt,
     net::IpAddr,
 };
 
+use foldhash::HashMap;
 use zt_common::{
     direction,
     endpoint::{EndpointValue, flags},
@@ -358,7 +359,7 @@ impl Compiler {
             }
         }
         let mut delta = StateDelta {
-            policy: self.entries.take_delta(),
+            policy: self.entries.take_delta(&self.state.policy),
             ..Default::default()
         };
         self.addresses

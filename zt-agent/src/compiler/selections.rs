@@ -9,9 +9,11 @@
 
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
 };
+
+use foldhash::HashMap;
 
 use super::{
     identities::{Class, Classes},
