@@ -14,69 +14,19 @@ use zt_common::policy::{PolicyKey, PolicyValue};
 
 use super::emit::slot_bit;
 
-/// The grants of one key, by policy ref: (ref, count), sorted by ref.
-#[derive(Debug)]
-enum Owners {
-    /// The common case, without an allocation.
-    One(u32, u32),
-    Many(Vec<(u32, u32)>),
-}
-
-impl Owners {
-    fn lowest(&self) -> u32 {
-        match self {
-            Owners::One(r, _) => *r,
-            Owners::Many(v) => v[0].0,
-        }
-    }
-
-    fn add(&mut self, policy_ref: u32) {
-        match self {
-            Owners::One(r, n) if *r == policy_ref => *n += 1,
-            Owners::One(r, n) => {
-                let mut v = vec![(*r, *n), (policy_ref, 1)];
-                v.sort_unstable();
-                *self = Owners::Many(v);
-            }
-            Owners::Many(v) => match v.binary_search_by_key(&policy_ref, |(r, _)| *r) {
-                Ok(i) => v[i].1 += 1,
-                Err(i) => v.insert(i, (policy_ref, 1)),
-            },
-        }
-    }
-
-    /// `false` when no grant is left.
-    fn remove(&mut self, policy_ref: u32) -> bool {
-        match self {
-            Owners::One(r, n) => {
-                debug_assert_eq!(*r, policy_ref, "retracting a grant never made");
-                *n -= 1;
-                *n > 0
-            }
-            Owners::Many(v) => {
-                let Ok(i) = v.binary_search_by_key(&policy_ref, |(r, _)| *r) else {
-                    debug_assert!(false, "retracting a grant never made");
-                    return true;
-                };
-                v[i].1 -= 1;
-                if v[i].1 == 0 {
-                    v.remove(i);
-                }
-                if let [(r, n)] = v[..] {
-                    *self = Owners::One(r, n);
-                }
-                true
-            }
-        }
-    }
-}
+/// One policy ref's grants of a key: (ref, count).
+type Grants = (u32, u32);
 
 /// Keys per tuple slot of one subject: `[ingress, egress]`, 64 slots each.
 type SlotCounts = [[u32; 64]; 2];
 
 #[derive(Default)]
 pub struct Entries {
-    owners: HashMap<PolicyKey, Owners>,
+    /// Every key with its lowest ref's grants: the key's value. Eight bytes a key, as most keys
+    /// are granted by one policy.
+    lowest: HashMap<PolicyKey, Grants>,
+    /// The grants of the other refs of a key granted by several policies, sorted by ref.
+    others: HashMap<PolicyKey, Vec<Grants>>,
     slots: HashMap<u32, Box<SlotCounts>>,
     /// Keys whose value may have changed since the last [`Entries::take_delta`] (repeats
     /// allowed).
@@ -87,36 +37,72 @@ pub struct Entries {
 
 impl Entries {
     pub fn add(&mut self, key: PolicyKey, policy_ref: u32) {
-        match self.owners.entry(key) {
-            Entry::Occupied(mut e) => {
-                if policy_ref < e.get().lowest() {
-                    self.touched.push(key);
-                }
-                e.get_mut().add(policy_ref);
-            }
+        let lowest = match self.lowest.entry(key) {
             Entry::Vacant(e) => {
-                e.insert(Owners::One(policy_ref, 1));
+                e.insert((policy_ref, 1));
                 self.touched.push(key);
                 self.count_slot(&key, true);
+                return;
             }
+            Entry::Occupied(e) => e.into_mut(),
+        };
+        if lowest.0 == policy_ref {
+            lowest.1 += 1;
+            return;
+        }
+        let mut other = (policy_ref, 1);
+        if policy_ref < lowest.0 {
+            // The new ref becomes the value; the old lowest joins the others.
+            other = std::mem::replace(lowest, other);
+            self.touched.push(key);
+        }
+        let others = self.others.entry(key).or_default();
+        match others.binary_search_by_key(&other.0, |g| g.0) {
+            Ok(i) => others[i].1 += other.1,
+            Err(i) => others.insert(i, other),
         }
     }
 
     pub fn remove(&mut self, key: PolicyKey, policy_ref: u32) {
-        let Some(owners) = self.owners.get_mut(&key) else {
+        let Some(lowest) = self.lowest.get_mut(&key) else {
             debug_assert!(false, "retracting {key:?}, which has no grant");
             return;
         };
-        let lowest = owners.lowest();
-        let changed = if owners.remove(policy_ref) {
-            owners.lowest() != lowest
-        } else {
-            self.owners.remove(&key);
-            self.count_slot(&key, false);
-            true
-        };
-        if changed {
+        if lowest.0 == policy_ref {
+            lowest.1 -= 1;
+            if lowest.1 > 0 {
+                return;
+            }
             self.touched.push(key);
+            // The next ref, if any, becomes the value.
+            match self.others.get_mut(&key) {
+                Some(others) => {
+                    *lowest = others.remove(0);
+                    if others.is_empty() {
+                        self.others.remove(&key);
+                    }
+                }
+                None => {
+                    self.lowest.remove(&key);
+                    self.count_slot(&key, false);
+                }
+            }
+            return;
+        }
+        let Some(others) = self.others.get_mut(&key) else {
+            debug_assert!(false, "retracting a grant of ref {policy_ref} never made");
+            return;
+        };
+        let Ok(i) = others.binary_search_by_key(&policy_ref, |g| g.0) else {
+            debug_assert!(false, "retracting a grant of ref {policy_ref} never made");
+            return;
+        };
+        others[i].1 -= 1;
+        if others[i].1 == 0 {
+            others.remove(i);
+            if others.is_empty() {
+                self.others.remove(&key);
+            }
         }
     }
 
@@ -146,8 +132,8 @@ impl Entries {
         touched
             .into_iter()
             .filter_map(|key| {
-                let now = self.owners.get(&key).map(|o| PolicyValue {
-                    policy_ref: o.lowest(),
+                let now = self.lowest.get(&key).map(|(policy_ref, _)| PolicyValue {
+                    policy_ref: *policy_ref,
                 });
                 (applied.get(&key) != now.as_ref()).then_some((key, now))
             })
@@ -237,5 +223,16 @@ mod tests {
         e.add(key(2), 1);
         e.remove(key(2), 1);
         assert!(step(&mut e, &mut applied).is_empty());
+        // Three refs: retracting one that is not the value writes nothing.
+        for r in [7, 5, 3] {
+            e.add(key(3), r);
+        }
+        e.remove(key(3), 5);
+        assert_eq!(step(&mut e, &mut applied), [(key(3), value(3))]);
+        e.remove(key(3), 3);
+        assert_eq!(step(&mut e, &mut applied), [(key(3), value(7))]);
+        e.remove(key(3), 7);
+        assert_eq!(step(&mut e, &mut applied), [(key(3), None)]);
+        assert!(e.lowest.is_empty() && e.others.is_empty());
     }
 }
