@@ -290,7 +290,7 @@ impl Compiler {
                 self.selections.identity_removed(id, class, &mut events);
             }
         }
-        self.grant_events(&events, false);
+        self.grant_events(&events);
         for &id in &work.removed {
             self.classes.unindex(id);
         }
@@ -311,14 +311,14 @@ impl Compiler {
                     .identity_added(id, class, &labels, &mut events);
             }
         }
-        for (added, list) in [(false, &relabelled), (true, &relabelled), (true, &events)] {
-            let list: Vec<Event> = list.iter().filter(|e| e.2 == added).copied().collect();
-            self.grant_events(&list, added);
-        }
+        self.grant_events(&relabelled);
+        self.grant_events(&events);
 
         // 7. New subjects.
         for subject in gained {
-            let class = self.classes.pod(subject).expect("a subject is a pod class");
+            let Some(class) = self.classes.pod(subject) else {
+                continue;
+            };
             let selecting: Vec<u32> = self
                 .policies_by_namespace
                 .get(&class.namespace)
@@ -604,13 +604,15 @@ impl Compiler {
 
     /// Adds (or retracts) what selections gaining (or losing) identities means for the subjects
     /// of the rules that use them.
-    fn grant_events(&mut self, events: &[Event], add: bool) {
-        for &(selection, peer, _) in events {
+    fn grant_events(&mut self, events: &[Event]) {
+        for &(selection, peer, add) in events {
             let Some(peer_class) = self.classes.get(peer) else {
                 continue;
             };
             for user in self.selections.users(selection).to_vec() {
-                let active = &self.policies[&user.policy];
+                let Some(active) = self.policies.get(&user.policy) else {
+                    continue;
+                };
                 let rule = active.rule(user.dir, user.rule);
                 let mut keys = Vec::new();
                 for &subject in &active.subjects {
