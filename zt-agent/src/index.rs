@@ -4,10 +4,15 @@
 //! `reset`, each returning whether anything that matters changed: a pod status update that only
 //! touches conditions, or a policy whose annotations changed, writes nothing. The index never
 //! validates policy content; the compiler does, so a bad field is warned about where it is used.
+//!
+//! Objects are held behind an `Arc` that is replaced only when the object changes (a re-list
+//! keeps the `Arc` of every object it did not change). The compiler keeps clones of these `Arc`s,
+//! so it recognises an unchanged object by pointer, without comparing it field by field.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use k8s_openapi::api::{
@@ -61,9 +66,9 @@ pub struct PolicyInfo {
 /// The cluster as the compiler needs it.
 #[derive(Clone, Debug, Default)]
 pub struct Index {
-    pub namespaces: BTreeMap<String, NamespaceInfo>,
-    pub pods: BTreeMap<ObjectKey, PodInfo>,
-    pub policies: BTreeMap<ObjectKey, PolicyInfo>,
+    pub namespaces: BTreeMap<String, Arc<NamespaceInfo>>,
+    pub pods: BTreeMap<ObjectKey, Arc<PodInfo>>,
+    pub policies: BTreeMap<ObjectKey, Arc<PolicyInfo>>,
     /// Bumped on every change, so a consumer can tell a no-op from a change cheaply.
     pub generation: u64,
 }
@@ -166,20 +171,24 @@ fn key(namespace: Option<&str>, name: &str) -> ObjectKey {
     (namespace.unwrap_or("default").to_string(), name.to_string())
 }
 
-fn upsert<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V) -> bool {
-    if map.get(&key) == Some(&value) {
+fn upsert<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, Arc<V>>, key: K, value: V) -> bool {
+    if map.get(&key).is_some_and(|old| **old == value) {
         return false;
     }
-    map.insert(key, value);
+    map.insert(key, Arc::new(value));
     true
 }
 
-fn replace<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, new: BTreeMap<K, V>) -> bool {
-    if *map == new {
-        return false;
+/// Replaces `map` with `new`, keeping the `Arc` of every object whose value did not change.
+fn replace<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, Arc<V>>, new: BTreeMap<K, V>) -> bool {
+    let mut changed = map.len() != new.len();
+    let mut old = std::mem::take(map);
+    for (key, value) in new {
+        let kept = old.remove(&key).filter(|o| **o == value);
+        changed |= kept.is_none();
+        map.insert(key, kept.unwrap_or_else(|| Arc::new(value)));
     }
-    *map = new;
-    true
+    changed
 }
 
 fn namespace_info(ns: &Namespace) -> Option<(String, NamespaceInfo)> {

@@ -1,23 +1,24 @@
-//! Identity allocation: pod address classes, CIDR regions, and the indexes peers resolve through.
+//! Identity allocation: pod address classes and CIDR regions, each numbered while it is in use.
 //!
-//! Numbers are stable while their class exists and are never reused in the update that freed them
-//! (allocation is monotonic until the range is exhausted), so an identity never changes meaning
-//! while entries for its old meaning may still be in the maps.
+//! A pod address's identity is its [`PodClass`]; a trie prefix from an ipBlock gets the identity
+//! of its *region*, the set of blocks its longest-match addresses belong to. Both are counted:
+//! an identity lives while some address or prefix has it. Numbers are stable while their class
+//! exists and are never reused in the update that freed them (allocation is monotonic until the
+//! range is exhausted, and an update acquires every class it needs before it releases any), so an
+//! identity never changes meaning while entries for its old meaning may still be in the maps.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
+    hash::Hash,
     net::IpAddr,
 };
 
+use foldhash::HashMap;
 use ipnet::IpNet;
-use zt_common::identity::{FIRST_CIDR, FIRST_POD, WORLD};
+use zt_common::identity::{FIRST_CIDR, FIRST_POD};
 
-use super::{
-    Warning,
-    policy::{Block, Peer, Policy, Port},
-    ports::protocol_number,
-};
-use crate::index::{Index, Labels, NAMESPACE_NAME_LABEL};
+use super::{Warning, policy::Block, ports::protocol_number};
+use crate::index::{Labels, PodInfo};
 
 /// What makes a pod address distinct for policy: two addresses with equal classes are treated
 /// alike by every predicate, so they may share an identity.
@@ -44,240 +45,287 @@ impl PodClass {
     }
 }
 
-pub struct Pod {
-    pub node_name: Option<String>,
-    pub addresses: Vec<(IpAddr, u32)>,
+/// What an identity stands for.
+#[derive(Clone, Copy, Debug)]
+pub enum Class<'a> {
+    Pod(&'a PodClass),
+    /// A CIDR region: the blocks its addresses belong to.
+    Cidr(&'a [Block]),
 }
 
-/// The identities of one update and the indexes to resolve peers with.
-#[derive(Default)]
-pub struct World {
-    /// Trie prefixes from ipBlocks (pod addresses not included).
-    pub prefixes: BTreeMap<IpNet, u32>,
-    pub addresses: Vec<(IpAddr, u32)>,
-    pub pods: Vec<Pod>,
-    pub classes: HashMap<u32, PodClass>,
-    pub classes_by_namespace: HashMap<String, Vec<u32>>,
-    pub namespace_labels: BTreeMap<String, Labels>,
-    /// Every identity (pod or CIDR) inside each block.
-    pub block_members: HashMap<Block, Vec<u32>>,
-    pub named: HashMap<(String, u8), Vec<(u32, u16)>>,
-}
-
-impl World {
-    /// Pod identities that have a port `name` for `protocol`, with its number.
-    pub fn named_port_holders(
-        &self,
-        name: &str,
-        protocol: u8,
-    ) -> impl Iterator<Item = (u32, u16)> + '_ {
-        self.named
-            .get(&(name.to_string(), protocol))
-            .into_iter()
-            .flatten()
-            .copied()
+/// The classes of a pod's addresses, and what was wrong with the pod.
+///
+/// Only the named ports in `port_names` (those some policy refers to) are part of a class, and
+/// only they are validated: a bad port nobody refers to is nobody's business.
+pub fn classify(
+    namespace: &str,
+    info: &PodInfo,
+    port_names: &BTreeMap<String, u32>,
+    blocks: &BTreeMap<Block, u32>,
+    object: &str,
+) -> (Vec<(IpAddr, PodClass)>, Vec<Warning>) {
+    let mut warnings = Vec::new();
+    let mut warn = |message: String| {
+        warnings.push(Warning {
+            object: object.to_string(),
+            message,
+        })
+    };
+    for bad in &info.bad_ips {
+        warn(format!("invalid pod IP {bad:?} skipped"));
     }
-}
-
-#[derive(Default)]
-pub struct Classes {
-    pods: HashMap<PodClass, u32>,
-    cidrs: HashMap<Vec<Block>, u32>,
-    next_pod: Option<u32>,
-    next_cidr: Option<u32>,
-}
-
-/// Every distinct valid ipBlock of the policies, sorted.
-pub fn blocks<'a>(policies: impl Iterator<Item = &'a Policy>) -> Vec<Block> {
-    let mut set = BTreeSet::new();
-    for p in policies {
-        for rule in p.ingress.iter().chain(p.egress.iter()).flatten() {
-            for peer in rule.peers.iter().flatten() {
-                if let Peer::Block(b) = peer {
-                    set.insert(b.clone());
-                }
-            }
+    let mut ports = Vec::new();
+    for p in info
+        .named_ports
+        .iter()
+        .filter(|p| port_names.contains_key(&p.name))
+    {
+        let protocol = protocol_number(&p.protocol);
+        let number = u16::try_from(p.port).ok().filter(|n| *n != 0);
+        match (protocol, number) {
+            (Some(protocol), Some(number)) => ports.push((p.name.clone(), protocol, number)),
+            _ => warn(format!(
+                "container port {:?} ({} {}) invalid, skipped",
+                p.name, p.protocol, p.port
+            )),
         }
     }
-    set.into_iter().collect()
-}
-
-/// Every port name the policies refer to.
-pub fn port_names<'a>(policies: impl Iterator<Item = &'a Policy>) -> HashSet<String> {
-    let mut set = HashSet::new();
-    for p in policies {
-        for rule in p.ingress.iter().chain(p.egress.iter()).flatten() {
-            for port in rule.ports.iter().flatten() {
-                if let Port::Named(_, n) = port {
-                    set.insert(n.clone());
-                }
-            }
-        }
-    }
-    set
-}
-
-impl Classes {
-    pub fn build(
-        &mut self,
-        index: &Index,
-        blocks: &[Block],
-        port_names: &HashSet<String>,
-        warnings: &mut Vec<Warning>,
-    ) -> World {
-        let mut world = World::default();
-        for (name, ns) in &index.namespaces {
-            world
-                .namespace_labels
-                .insert(name.clone(), ns.labels.clone());
-        }
-        let mut used_pods: HashMap<PodClass, u32> = HashMap::new();
-        for ((ns, name), info) in &index.pods {
-            if info.host_network {
-                continue;
-            }
-            let object = || format!("pod {ns}/{name}");
-            for bad in &info.bad_ips {
-                warnings.push(Warning {
-                    object: object(),
-                    message: format!("invalid pod IP {bad:?} skipped"),
-                });
-            }
-            world
-                .namespace_labels
-                .entry(ns.clone())
-                .or_insert_with(|| Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.clone())]));
-            let mut ports = Vec::new();
-            for p in info
-                .named_ports
-                .iter()
-                .filter(|p| port_names.contains(&p.name))
-            {
-                let protocol = protocol_number(&p.protocol);
-                let number = u16::try_from(p.port).ok().filter(|n| *n != 0);
-                match (protocol, number) {
-                    (Some(protocol), Some(number)) => {
-                        ports.push((p.name.clone(), protocol, number))
-                    }
-                    _ => warnings.push(Warning {
-                        object: object(),
-                        message: format!(
-                            "container port {:?} ({} {}) invalid, skipped",
-                            p.name, p.protocol, p.port
-                        ),
-                    }),
-                }
-            }
-            let mut pod = Pod {
-                node_name: info.node_name.clone(),
-                addresses: Vec::new(),
+    let classes = info
+        .ips
+        .iter()
+        .map(|ip| {
+            let class = PodClass {
+                namespace: namespace.to_string(),
+                labels: info.labels.clone(),
+                ports: ports.clone(),
+                blocks: blocks.keys().filter(|b| b.contains(ip)).cloned().collect(),
             };
-            for ip in &info.ips {
-                let class = PodClass {
-                    namespace: ns.clone(),
-                    labels: info.labels.clone(),
-                    ports: ports.clone(),
-                    blocks: blocks.iter().filter(|b| b.contains(ip)).cloned().collect(),
-                };
-                let id = match used_pods.get(&class) {
-                    Some(id) => *id,
-                    None => {
-                        let id = match self.pods.get(&class) {
-                            Some(id) => *id,
-                            None => alloc(
-                                &mut self.next_pod,
-                                FIRST_POD,
-                                FIRST_CIDR,
-                                [&self.pods, &used_pods],
-                            ),
-                        };
-                        used_pods.insert(class.clone(), id);
-                        world
-                            .classes_by_namespace
-                            .entry(ns.clone())
-                            .or_default()
-                            .push(id);
-                        for (n, p, number) in &class.ports {
-                            world
-                                .named
-                                .entry((n.clone(), *p))
-                                .or_default()
-                                .push((id, *number));
-                        }
-                        for b in &class.blocks {
-                            world.block_members.entry(b.clone()).or_default().push(id);
-                        }
-                        world.classes.insert(id, class);
-                        id
-                    }
-                };
-                pod.addresses.push((*ip, id));
-                world.addresses.push((*ip, id));
-            }
-            world.pods.push(pod);
-        }
-        self.pods = used_pods;
+            (*ip, class)
+        })
+        .collect();
+    (classes, warnings)
+}
 
-        let mut prefixes: BTreeSet<IpNet> = BTreeSet::new();
-        for b in blocks {
-            prefixes.insert(b.net);
-            prefixes.extend(b.except.iter().copied());
-        }
-        let mut used_cidrs: HashMap<Vec<Block>, u32> = HashMap::new();
-        for prefix in prefixes {
-            // The blocks containing the addresses this prefix is the longest match for: longer
-            // prefixes inside it are their own regions, so containment of the prefix decides.
-            let set: Vec<Block> = blocks
-                .iter()
+/// Every trie prefix of `blocks` (each cidr and except) with its region: the blocks containing
+/// the addresses the prefix is the longest match for. Longer prefixes inside it are their own
+/// regions, so containment of the prefix decides. An empty region is the world.
+pub fn regions<'a>(blocks: impl Iterator<Item = &'a Block> + Clone) -> BTreeMap<IpNet, Vec<Block>> {
+    let prefixes: BTreeSet<IpNet> = blocks
+        .clone()
+        .flat_map(|b| std::iter::once(b.net).chain(b.except.iter().copied()))
+        .collect();
+    prefixes
+        .into_iter()
+        .map(|prefix| {
+            let region = blocks
+                .clone()
                 .filter(|b| {
                     b.net.contains(&prefix) && !b.except.iter().any(|e| e.contains(&prefix))
                 })
                 .cloned()
                 .collect();
-            if set.is_empty() {
-                world.prefixes.insert(prefix, WORLD);
-                continue;
-            }
-            let id = match used_cidrs.get(&set) {
-                Some(id) => *id,
-                None => {
-                    let id = match self.cidrs.get(&set) {
-                        Some(id) => *id,
-                        None => alloc(
-                            &mut self.next_cidr,
-                            FIRST_CIDR,
-                            u32::MAX,
-                            [&self.cidrs, &used_cidrs],
-                        ),
-                    };
-                    for b in &set {
-                        world.block_members.entry(b.clone()).or_default().push(id);
-                    }
-                    used_cidrs.insert(set, id);
-                    id
-                }
-            };
-            world.prefixes.insert(prefix, id);
+            (prefix, region)
+        })
+        .collect()
+}
+
+/// Identities of one kind, counted by their users.
+pub struct Table<K> {
+    ids: HashMap<K, u32>,
+    live: HashMap<u32, (K, u32)>,
+    /// Released in this update: still resolvable (entries for them are being retracted) and not
+    /// reusable until [`Table::end_update`].
+    freed: HashMap<u32, K>,
+    next: Option<u32>,
+    first: u32,
+    limit: u32,
+}
+
+impl<K: Clone + Eq + Hash> Table<K> {
+    fn new(first: u32, limit: u32) -> Self {
+        Table {
+            ids: HashMap::default(),
+            live: HashMap::default(),
+            freed: HashMap::default(),
+            next: None,
+            first,
+            limit,
         }
-        self.cidrs = used_cidrs;
-        for members in world.block_members.values_mut() {
-            members.sort_unstable();
+    }
+
+    /// One more user of `class`; `true` when it is new (it was not live).
+    pub fn acquire(&mut self, class: &K) -> (u32, bool) {
+        if let Some(id) = self.ids.get(class) {
+            self.live.get_mut(id).expect("ids and live agree").1 += 1;
+            return (*id, false);
         }
-        world
+        let id = self.alloc();
+        self.ids.insert(class.clone(), id);
+        self.live.insert(id, (class.clone(), 1));
+        (id, true)
+    }
+
+    /// One user less of `id`; `true` when that was the last one.
+    pub fn release(&mut self, id: u32) -> bool {
+        let Some((_, users)) = self.live.get_mut(&id) else {
+            debug_assert!(false, "release of identity {id}, which is not live");
+            return false;
+        };
+        *users -= 1;
+        if *users > 0 {
+            return false;
+        }
+        let (class, _) = self.live.remove(&id).expect("just seen");
+        self.ids.remove(&class);
+        self.freed.insert(id, class);
+        true
+    }
+
+    /// A live class, or one freed in this update.
+    pub fn get(&self, id: u32) -> Option<&K> {
+        self.live
+            .get(&id)
+            .map(|(k, _)| k)
+            .or_else(|| self.freed.get(&id))
+    }
+
+    /// Forgets the classes freed in this update.
+    pub fn end_update(&mut self) {
+        self.freed.clear();
+    }
+
+    /// The next number in `first..limit`; once the range is spent, the lowest one not in use.
+    /// The pod range holds 2^24 identities, more than distinct addresses a cluster can have, so
+    /// the search always finds one; should it not, the last number is shared (never a panic).
+    fn alloc(&mut self) -> u32 {
+        let n = self.next.unwrap_or(self.first);
+        if n < self.limit {
+            self.next = Some(n + 1);
+            return n;
+        }
+        let used: HashSet<u32> = self.live.keys().chain(self.freed.keys()).copied().collect();
+        (self.first..self.limit)
+            .find(|id| !used.contains(id))
+            .unwrap_or(self.limit - 1)
     }
 }
 
-/// The next number in `first..limit`; once the range is spent, the lowest one not in use.
-/// The range holds 2^24 pod identities, more than distinct addresses a cluster can have, so
-/// the search always finds one; should it not, the last number is shared (never a panic).
-fn alloc<K>(next: &mut Option<u32>, first: u32, limit: u32, in_use: [&HashMap<K, u32>; 2]) -> u32 {
-    let n = next.unwrap_or(first);
-    if n < limit {
-        *next = Some(n + 1);
-        return n;
+/// Every identity in use: pod classes (with an index by namespace) and CIDR regions.
+pub struct Classes {
+    pub pods: Table<PodClass>,
+    pub cidrs: Table<Vec<Block>>,
+    /// Live pod class identities per namespace.
+    by_namespace: HashMap<String, BTreeSet<u32>>,
+}
+
+impl Default for Classes {
+    fn default() -> Self {
+        Classes {
+            pods: Table::new(FIRST_POD, FIRST_CIDR),
+            cidrs: Table::new(FIRST_CIDR, u32::MAX),
+            by_namespace: HashMap::default(),
+        }
     }
-    let used: HashSet<u32> = in_use.iter().flat_map(|m| m.values().copied()).collect();
-    (first..limit)
-        .find(|id| !used.contains(id))
-        .unwrap_or(limit - 1)
+}
+
+impl Classes {
+    pub fn get(&self, id: u32) -> Option<Class<'_>> {
+        if id >= FIRST_CIDR {
+            self.cidrs.get(id).map(|b| Class::Cidr(b))
+        } else {
+            self.pods.get(id).map(Class::Pod)
+        }
+    }
+
+    /// A pod class by identity; `None` for anything else.
+    pub fn pod(&self, id: u32) -> Option<&PodClass> {
+        match self.get(id) {
+            Some(Class::Pod(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Live pod classes of a namespace.
+    pub fn in_namespace(&self, namespace: &str) -> impl Iterator<Item = u32> + '_ {
+        self.by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .copied()
+    }
+
+    /// Namespaces with live pod classes.
+    pub fn namespaces(&self) -> impl Iterator<Item = &str> + '_ {
+        self.by_namespace.keys().map(String::as_str)
+    }
+
+    /// Every live pod class and CIDR region.
+    pub fn all(&self) -> impl Iterator<Item = u32> + '_ {
+        self.pods.live.keys().chain(self.cidrs.live.keys()).copied()
+    }
+
+    /// Files a new pod class under its namespace.
+    pub fn index(&mut self, id: u32) {
+        if let Some(class) = self.pods.get(id) {
+            let ns = class.namespace.clone();
+            self.by_namespace.entry(ns).or_default().insert(id);
+        }
+    }
+
+    /// Takes a freed pod class out of the namespace index.
+    pub fn unindex(&mut self, id: u32) {
+        let Some(class) = self.pods.get(id) else {
+            return;
+        };
+        if let Some(ids) = self.by_namespace.get_mut(&class.namespace) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_namespace.remove(&class.namespace);
+            }
+        }
+    }
+
+    pub fn end_update(&mut self) {
+        self.pods.end_update();
+        self.cidrs.end_update();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_stable_while_used_and_not_reused_after() {
+        let mut t: Table<&str> = Table::new(10, 13);
+        assert_eq!(t.acquire(&"a"), (10, true));
+        assert_eq!(t.acquire(&"a"), (10, false));
+        assert_eq!(t.acquire(&"b"), (11, true));
+        assert!(!t.release(10));
+        assert!(t.release(10));
+        // Freed in this update: still resolvable, and a new class gets a new number.
+        assert_eq!(t.get(10), Some(&"a"));
+        assert_eq!(t.acquire(&"c"), (12, true));
+        t.end_update();
+        assert_eq!(t.get(10), None);
+        // The range is spent: the lowest free number.
+        assert_eq!(t.acquire(&"d"), (10, true));
+    }
+
+    #[test]
+    fn a_prefix_belongs_to_the_blocks_that_contain_it_and_not_their_excepts() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let wide = Block {
+            net: net("10.0.0.0/8"),
+            except: vec![net("10.1.0.0/16")],
+        };
+        let narrow = Block {
+            net: net("10.0.0.0/16"),
+            except: vec![],
+        };
+        let r = regions([&wide, &narrow].into_iter());
+        assert_eq!(r[&net("10.0.0.0/8")], vec![wide.clone()]);
+        assert_eq!(r[&net("10.1.0.0/16")], vec![]);
+        assert_eq!(r[&net("10.0.0.0/16")], vec![wide, narrow]);
+    }
 }

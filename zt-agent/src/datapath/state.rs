@@ -75,6 +75,14 @@ fn diff_maps<K: Ord + Clone, V: PartialEq + Clone>(
 }
 
 fn apply_map<K: Ord + Clone, V: Clone>(map: &mut BTreeMap<K, V>, delta: &BTreeMap<K, Option<V>>) {
+    if map.is_empty() {
+        // Built in one go from sorted input: a first compile writes every entry.
+        *map = delta
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+            .collect();
+        return;
+    }
     for (k, v) in delta {
         match v {
             Some(v) => {
