@@ -180,9 +180,16 @@ fn write_lpm<K: Pod>(ebpf: &mut Ebpf, name: &str, key: LpmKey<K>, op: Op<u32>) -
     .map_err(ebpf_err(name))
 }
 
+/// A delete of an absent key succeeds. aya reports that as `KeyNotFound` for hash maps and as
+/// the syscall's ENOENT for LPM tries.
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }

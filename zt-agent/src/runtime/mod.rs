@@ -36,7 +36,7 @@ use std::{
 use aya::maps::RingBuf;
 use prometheus_client::registry::Registry;
 use tokio::{signal::unix::SignalKind, sync::mpsc};
-use zt_common::names;
+use zt_common::{endpoint::EndpointValue, names};
 
 use self::{
     attach::{AttachMode, Attacher},
@@ -48,7 +48,7 @@ use self::{
 use crate::{
     cli::RunArgs,
     compiler::{Compiler, Locality, Options},
-    datapath::{self, DatapathState},
+    datapath::{self, DatapathState, StateDelta, state::diff_maps},
     error::{Error, Result},
     index::Index,
     resource::{Kind, SourceEvent},
@@ -193,6 +193,8 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
         compiler,
         applied,
         reread: false,
+        compiled_changes: StateDelta::default(),
+        full_diff: true,
         synced: BTreeSet::new(),
         synced_once: false,
         names,
@@ -208,21 +210,22 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
 /// interface was found, each carrying that interface's ifindex (the compiler leaves it 0). An
 /// address without an interface gets no entry, so it can never pass another interface's spoof
 /// check, and fail-closed interfaces drop it.
-pub fn with_interfaces(
+pub fn local_endpoints(
     compiled: &DatapathState,
     found: &BTreeMap<IpAddr, HostIf>,
-) -> DatapathState {
-    let mut desired = compiled.clone();
-    desired
+) -> BTreeMap<IpAddr, EndpointValue> {
+    compiled
         .endpoints
-        .retain(|addr, value| match found.get(addr) {
-            Some(host) => {
-                value.ifindex = host.ifindex;
-                true
-            }
-            None => false,
-        });
-    desired
+        .iter()
+        .filter_map(|(addr, value)| {
+            let host = found.get(addr)?;
+            let value = EndpointValue {
+                ifindex: host.ifindex,
+                ..*value
+            };
+            Some((*addr, value))
+        })
+        .collect()
 }
 
 fn live(links: &[iface::Link]) -> BTreeMap<u32, String> {
@@ -244,6 +247,12 @@ struct Control {
     applied: DatapathState,
     /// A write failed: re-read the maps before the next diff.
     reread: bool,
+    /// Identity and policy changes compiled since the maps last matched the compiler.
+    compiled_changes: StateDelta,
+    /// The next sync diffs the compiler's whole state against `applied` (at start and after a
+    /// re-read: the maps may hold entries the compiler never produced) instead of writing
+    /// `compiled_changes`.
+    full_diff: bool,
     /// Kinds whose first full list arrived.
     synced: BTreeSet<Kind>,
     synced_once: bool,
@@ -317,7 +326,8 @@ impl Control {
         }
         if changed || !self.synced_once {
             let before = self.compiler.skipped_total();
-            self.compiler.update(&self.index);
+            let changes = self.compiler.update(&self.index);
+            self.compiled_changes.merge(changes);
             self.metrics
                 .compile_warnings
                 .inc_by(self.compiler.skipped_total() - before);
@@ -399,10 +409,17 @@ impl Control {
 
     /// Writes the difference between the compiled state (endpoints with a found interface, their
     /// ifindex filled in) and what the maps hold. `false` when a write failed.
+    ///
+    /// Endpoints (a node's pods) are diffed whole every turn, since they also follow interfaces.
+    /// Identities and policy (cluster-wide, hundreds of thousands of entries) are diffed whole
+    /// only when `full_diff` says so; otherwise only the keys the compiler changed are looked at.
     fn sync(&mut self, found: &BTreeMap<IpAddr, HostIf>) -> bool {
         if std::mem::take(&mut self.reread) {
             match maps::read_state(&self.loaded.ebpf) {
-                Ok(state) => self.applied = state,
+                Ok(state) => {
+                    self.applied = state;
+                    self.full_diff = true;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the maps back");
                     self.reread = true;
@@ -410,8 +427,21 @@ impl Control {
                 }
             }
         }
-        let desired = with_interfaces(self.compiler.state(), found);
-        let delta = self.applied.diff(&desired);
+        let compiled = self.compiler.state();
+        let endpoints = local_endpoints(compiled, found);
+        let delta = if self.full_diff {
+            StateDelta {
+                endpoints: diff_maps(&self.applied.endpoints, &endpoints),
+                identities: diff_maps(&self.applied.identities, &compiled.identities),
+                policy: diff_maps(&self.applied.policy, &compiled.policy),
+            }
+        } else {
+            let mut delta = self.applied.missing(&self.compiled_changes);
+            delta.endpoints = diff_maps(&self.applied.endpoints, &endpoints);
+            delta
+        };
+        self.compiled_changes = StateDelta::default();
+        self.full_diff = false;
         if delta.is_empty() {
             return true;
         }
@@ -426,7 +456,7 @@ impl Control {
                     writes = writes.len(),
                     "synced the maps"
                 );
-                self.applied = desired;
+                self.applied.apply(&delta);
                 self.metrics.syncs.inc();
                 self.metrics.sync_writes.inc_by(writes.len() as u64);
                 for (map, n) in [
@@ -497,22 +527,16 @@ mod tests {
                 ifname: "veth7".into(),
             },
         )]);
-        let desired = with_interfaces(&compiled, &found);
-        assert_eq!(desired.endpoints.len(), 1);
+        let endpoints = local_endpoints(&compiled, &found);
+        assert_eq!(endpoints.len(), 1);
         assert_eq!(
-            desired.endpoints[&a],
+            endpoints[&a],
             EndpointValue {
                 identity: 300,
                 ifindex: 7,
                 ..Default::default()
             }
         );
-        // Identities and policy are not per interface: every peer keeps its identity.
-        assert_eq!(desired.identities, compiled.identities);
-        assert!(
-            with_interfaces(&compiled, &BTreeMap::new())
-                .endpoints
-                .is_empty()
-        );
+        assert!(local_endpoints(&compiled, &BTreeMap::new()).is_empty());
     }
 }
