@@ -4,9 +4,12 @@
 //! compile-time size assert, so both sides of the kernel boundary agree byte for byte. No `bool`,
 //! `Option` or Rust enum appears in a map type: the kernel does not know their layout.
 //!
-//! Addresses are always 16 bytes: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so one map type serves
-//! both families. Ports in conntrack and fragment keys are in network byte order (as they sit in the
-//! packet); the port in a [`policy::PolicyKey`] is in host byte order because it is masked by prefix.
+//! Maps that serve both families store addresses in 16 bytes, IPv4 IPv4-mapped (`::ffff:a.b.c.d`):
+//! endpoints, fragments, events. The maps looked up on every packet have one map per family, so an
+//! IPv4 key carries 4-byte addresses: conntrack (`zt_ct4` / `zt_ct6`) and host identities
+//! (`zt_ident_host4` / `zt_ident_host6`). Ports in conntrack and fragment keys are in network byte
+//! order (as they sit in the packet); the port in a [`policy::PolicyKey`] is in host byte order
+//! because it is masked by prefix.
 //!
 //! The datapath's decision procedure is written down once, in [`policy`]'s module docs; the kernel
 //! program and the agent's userspace model both implement exactly that list.
