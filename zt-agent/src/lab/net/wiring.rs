@@ -189,6 +189,12 @@ mod tests {
         }
     }
 
+    fn assert_has(cmds: &[String], expected: &[&str]) {
+        for line in expected {
+            assert!(cmds.iter().any(|c| c == line), "{line} in {cmds:#?}");
+        }
+    }
+
     #[test]
     fn names_carry_the_prefix_and_the_pod_number() {
         let config = Config::routed("ztlab-12-0", "ztlab");
@@ -207,17 +213,15 @@ mod tests {
         let mut addrs = pod(2, [10, 0, 0, 7]);
         addrs.ipv6 = Some("fd00::7".parse().unwrap());
         let cmds = config.pod_commands(&addrs).unwrap();
-        for expected in [
-            "-n x-1-node route add 10.0.0.7/32 dev x2",
-            "-n x-1-node neigh replace 10.0.0.7 lladdr 02:7a:00:02:00:02 dev x2 nud permanent",
-            "-n x-1-p2 route add default via 169.254.1.1 dev eth0",
-            "-n x-1-node -6 route add fd00::7/128 dev x2",
-        ] {
-            assert!(
-                cmds.iter().any(|c| c == expected),
-                "{expected} in {cmds:#?}"
-            );
-        }
+        assert_has(
+            &cmds,
+            &[
+                "-n x-1-node route add 10.0.0.7/32 dev x2",
+                "-n x-1-node neigh replace 10.0.0.7 lladdr 02:7a:00:02:00:02 dev x2 nud permanent",
+                "-n x-1-p2 route add default via 169.254.1.1 dev eth0",
+                "-n x-1-node -6 route add fd00::7/128 dev x2",
+            ],
+        );
         assert!(!cmds.iter().any(|c| c.contains("master")));
     }
 
@@ -232,16 +236,14 @@ mod tests {
         let node = config.node_commands().unwrap();
         assert!(node.contains(&"-n x-1-node addr add 10.232.0.1/24 dev xbr".to_owned()));
         let cmds = config.pod_commands(&pod(0, [10, 232, 0, 2])).unwrap();
-        for expected in [
-            "-n x-1-p0 addr add 10.232.0.2/24 dev eth0",
-            "-n x-1-node link set x0 master xbr",
-            "-n x-1-p0 route add default via 10.232.0.1 dev eth0",
-        ] {
-            assert!(
-                cmds.iter().any(|c| c == expected),
-                "{expected} in {cmds:#?}"
-            );
-        }
+        assert_has(
+            &cmds,
+            &[
+                "-n x-1-p0 addr add 10.232.0.2/24 dev eth0",
+                "-n x-1-node link set x0 master xbr",
+                "-n x-1-p0 route add default via 10.232.0.1 dev eth0",
+            ],
+        );
         assert!(!cmds.iter().any(|c| c.contains("neigh")));
         assert!(config.pod_commands(&pod(1, [10, 9, 0, 2])).is_err());
     }
