@@ -4,7 +4,8 @@
 //!
 //! Layouts: **routed** (a /32 route per pod to its veth, as kindnet and Calico do) and **bridged**
 //! (veths enslaved to a bridge with the pods' gateway address, as the CNI bridge plugin and
-//! flannel do). `a` serves TCP echo on 8080; the policy lets `b` in and keeps `c` out.
+//! flannel do), both wired by `zt_agent::lab::net`, as the lab's are. `a` serves TCP echo on
+//! 8080; the policy lets `b` in and keeps `c` out.
 //!
 //! Needs root and the agent binary: run `cargo build -p zt-agent` first (`cargo xtask test` does).
 //! Every kernel object is named `ztrt*`, created by the test and removed on drop, also on failure.
@@ -29,7 +30,10 @@ use aya::{
     maps::{HashMap, Map, MapData},
     programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions},
 };
-use zt_agent::lab::{agent, net::Netns};
+use zt_agent::lab::{
+    agent,
+    net::{Config, Layout, Netns, Node, PodAddrs, PodNet, ip, wiring::GATEWAY_V4},
+};
 use zt_common::{
     endpoint::{EndpointKey, EndpointValue},
     names,
@@ -41,208 +45,95 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 const PORT: u16 = 8080;
 const CONNECT: Duration = Duration::from_millis(600);
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Layout {
-    Routed,
-    Bridged,
+struct Lab {
+    /// The node and pod namespaces, deleted on drop (their veths with them, which detaches the
+    /// programs).
+    node: Node,
+    // Declared last: dropped after the namespaces.
+    cleanup: Cleanup,
 }
 
-fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
+/// The pods, numbered by their place here.
+const PODS: [&str; 3] = ["a", "b", "c"];
 
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    run("ip", args)
-}
-
-/// Network namespaces and a pin root, all removed on drop (deleting a namespace deletes its veths,
-/// which detaches the programs; removing the pins frees links and maps).
+/// A pin root and the manifests folder, removed on drop (removing the pins frees links and maps).
 struct Cleanup {
-    netns: Vec<String>,
     pin_root: PathBuf,
     manifests: PathBuf,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for ns in self.netns.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
         let _ = std::fs::remove_dir_all(&self.pin_root);
         let _ = std::fs::remove_dir_all(&self.manifests);
     }
 }
 
-struct Pod {
-    name: &'static str,
-    addr: Ipv4Addr,
-    netns: Netns,
-    host_if: String,
-}
-
-struct Lab {
-    pods: Vec<Pod>,
-    node: Netns,
-    // Declared last: dropped after the namespaces' handles.
-    cleanup: Cleanup,
-}
-
 impl Lab {
+    /// Namespaces `ztrt-<pid>-<seq>-node` and `…-p0` (a) to `…-p2` (c); routed pods in
+    /// 10.231.0.0/24, bridged ones in 10.232.0.0/24 behind the bridge's 10.232.0.1.
     fn new(layout: Layout) -> anyhow::Result<Self> {
         let id = format!(
             "{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        let node_name = format!("ztrt-n-{id}");
-        let mut cleanup = Cleanup {
-            netns: vec![node_name.clone()],
+        let cleanup = Cleanup {
             pin_root: PathBuf::from(format!("/sys/fs/bpf/ztrt-{id}")),
             manifests: std::env::temp_dir().join(format!("ztrt-m-{id}")),
         };
         std::fs::create_dir_all(&cleanup.manifests)?;
-        ip(&["netns", "add", &node_name])?;
-        ip(&["-n", &node_name, "link", "set", "lo", "up"])?;
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &node_name,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-        )?;
-        let (subnet, gateway) = match layout {
-            Layout::Routed => ([10, 231, 0], "169.254.1.1"),
-            Layout::Bridged => ([10, 232, 0], "10.232.0.1"),
+        let subnet = match layout {
+            Layout::Routed => [10, 231, 0],
+            Layout::Bridged { .. } => [10, 232, 0],
         };
-        if layout == Layout::Bridged {
-            ip(&["-n", &node_name, "link", "add", "ztrtbr", "type", "bridge"])?;
-            ip(&[
-                "-n",
-                &node_name,
-                "addr",
-                "add",
-                "10.232.0.1/24",
-                "dev",
-                "ztrtbr",
-            ])?;
-            ip(&["-n", &node_name, "link", "set", "ztrtbr", "up"])?;
-        }
-        let mut pods = Vec::new();
-        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
-            let addr = Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 2 + i as u8);
-            let ns = format!("ztrt-{name}-{id}");
-            cleanup.netns.push(ns.clone());
-            let host_if = format!("ztrt{name}");
-            let (host_mac, pod_mac) = (
-                format!("02:7b:00:0{i}:00:01"),
-                format!("02:7b:00:0{i}:00:02"),
-            );
-            ip(&["netns", "add", &ns])?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&[
-                "-n", &node_name, "link", "add", &host_if, "address", &host_mac, "type", "veth",
-                "peer", "name", "eth0", "address", &pod_mac, "netns", &ns,
-            ])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &node_name, "link", "set", &host_if, "up"])?;
-            let a = addr.to_string();
-            match layout {
-                Layout::Routed => {
-                    ip(&["-n", &ns, "addr", "add", &format!("{a}/32"), "dev", "eth0"])?;
-                    ip(&["-n", &ns, "route", "add", gateway, "dev", "eth0"])?;
-                    ip(&[
-                        "-n",
-                        &ns,
-                        "neigh",
-                        "replace",
-                        gateway,
-                        "lladdr",
-                        &host_mac,
-                        "dev",
-                        "eth0",
-                        "nud",
-                        "permanent",
-                    ])?;
-                    ip(&[
-                        "-n",
-                        &node_name,
-                        "route",
-                        "add",
-                        &format!("{a}/32"),
-                        "dev",
-                        &host_if,
-                    ])?;
-                    ip(&[
-                        "-n",
-                        &node_name,
-                        "neigh",
-                        "replace",
-                        &a,
-                        "lladdr",
-                        &pod_mac,
-                        "dev",
-                        &host_if,
-                        "nud",
-                        "permanent",
-                    ])?;
-                }
-                Layout::Bridged => {
-                    ip(&["-n", &ns, "addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
-                    ip(&[
-                        "-n", &node_name, "link", "set", &host_if, "master", "ztrtbr",
-                    ])?;
-                }
-            }
-            ip(&[
-                "-n", &ns, "route", "add", "default", "via", gateway, "dev", "eth0",
-            ])?;
-            pods.push(Pod {
-                name,
-                addr,
-                netns: Netns::open(&ns)?,
-                host_if,
-            });
-        }
-        Ok(Self {
-            pods,
-            node: Netns::open(&node_name)?,
+        let config = Config {
+            layout,
+            ..Config::routed(format!("ztrt-{id}"), "ztrt")
+        };
+        let mut lab = Self {
+            node: Node::create(config)?,
             cleanup,
-        })
+        };
+        for n in 0..PODS.len() {
+            let ipv4 = Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 2 + n as u8);
+            lab.node.add_pod(PodAddrs {
+                n,
+                ipv4,
+                ipv6: None,
+            })?;
+        }
+        Ok(lab)
     }
 
-    fn pod(&self, name: &str) -> &Pod {
-        self.pods
+    fn bridged() -> Layout {
+        Layout::Bridged {
+            gateway: "10.232.0.1/24".parse().expect("a prefix"),
+        }
+    }
+
+    fn pod(&self, name: &str) -> &PodNet {
+        let n = PODS
             .iter()
-            .find(|p| p.name == name)
-            .expect("a pod of the lab")
+            .position(|p| *p == name)
+            .expect("a pod of the lab");
+        &self.node.pods[n]
     }
 
     /// Writes the manifests: the namespace, the pods `present`, and a policy on `a` letting in
     /// the pods labelled `app=<allowed>` on TCP 8080.
     fn write(&self, present: &[&str], allowed: &str) -> anyhow::Result<()> {
         let mut text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: ztrt}\n".to_owned();
-        for pod in self.pods.iter().filter(|p| present.contains(&p.name)) {
+        for (name, pod) in PODS.iter().zip(&self.node.pods) {
+            if !present.contains(name) {
+                continue;
+            }
             text += &format!(
                 "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {n}, namespace: ztrt, labels: {{app: {n}}}}}\n\
                  spec: {{containers: [{{name: c, image: x, ports: [{{containerPort: {PORT}}}]}}]}}\n\
                  status: {{phase: Running, podIP: {a}}}\n",
-                n = pod.name,
-                a = pod.addr
+                n = name,
+                a = pod.ipv4
             );
         }
         text += &format!(
@@ -269,7 +160,7 @@ impl Lab {
             .append(true)
             .open(&log)?;
         let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.node.name))
+            .arg(format!("--net=/run/netns/{}", self.node.netns.name))
             .arg(binary)
             .args(["run", "--source"])
             .arg(format!("dir:{}", self.cleanup.manifests.display()))
@@ -285,7 +176,7 @@ impl Lab {
             .context("starting the agent")?;
         let mut agent = AgentProcess { child, log };
         let started = Instant::now();
-        agent.wait_ready(&self.node)?;
+        agent.wait_ready(&self.node.netns)?;
         eprintln!("agent ready {:?} after its start", started.elapsed());
         Ok(agent)
     }
@@ -323,7 +214,7 @@ impl Lab {
     }
 
     fn connect_to(&self, from: &str, to: &str) -> Option<Echo> {
-        let to = SocketAddr::new(IpAddr::V4(self.pod(to).addr), PORT);
+        let to = SocketAddr::new(IpAddr::V4(self.pod(to).ipv4), PORT);
         let stream = self
             .pod(from)
             .netns
@@ -396,7 +287,7 @@ impl Lab {
         std::fs::create_dir_all(&maps)?;
         std::fs::create_dir_all(&links)?;
         let host_if = self.pod(pod).host_if.clone();
-        self.node.run(|| -> anyhow::Result<()> {
+        self.node.netns.run(|| -> anyhow::Result<()> {
             let mut ebpf = EbpfLoader::new()
                 .default_map_pin_directory(&maps)
                 .load(zt_agent::datapath::object())?;
@@ -425,6 +316,7 @@ impl Lab {
         let host_if = &self.pod(pod).host_if;
         Ok(self
             .node
+            .netns
             .run(|| nix::net::if_::if_nametoindex(host_if.as_str()))??)
     }
 }
@@ -530,29 +422,29 @@ fn enforces_and_follows_changes(layout: Layout) -> anyhow::Result<()> {
     );
     let agent = lab.start_agent()?;
     ensure!(
-        metric(&lab.node, "zt_attached_interfaces") == Some(3.0),
+        metric(&lab.node.netns, "zt_attached_interfaces") == Some(3.0),
         "three pods attached"
     );
     ensure!(lab.reaches("b"), "b is allowed to a");
     ensure!(!lab.reaches("c"), "c is denied to a");
     let denied = r#"zt_datapath_events_total{kind="denied",reason="drop_policy_ingress"}"#;
     ensure!(
-        wait_metric(&lab.node, denied, 1.0),
+        wait_metric(&lab.node.netns, denied, 1.0),
         "c's denied packets are counted as events"
     );
     let dropped = r#"zt_datapath_packets_total{reason="drop_policy_ingress"}"#;
     ensure!(
-        wait_metric(&lab.node, dropped, 1.0),
+        wait_metric(&lab.node.netns, dropped, 1.0),
         "the kernel's drop counter is exported"
     );
 
     // The policy now lets c in instead of b.
     let mut established = lab.connect("b").context("b connects before the change")?;
-    let syncs = metric(&lab.node, "zt_syncs_total").context("zt_syncs_total")?;
+    let syncs = metric(&lab.node.netns, "zt_syncs_total").context("zt_syncs_total")?;
     let written = Instant::now();
     lab.write(&["a", "b", "c"], "c")?;
     ensure!(
-        wait_metric(&lab.node, "zt_syncs_total", syncs + 1.0),
+        wait_metric(&lab.node.netns, "zt_syncs_total", syncs + 1.0),
         "the change is synced to the maps"
     );
     eprintln!(
@@ -594,7 +486,7 @@ fn routed_layout_enforces_and_follows_policy_changes() {
 #[test]
 fn bridged_layout_enforces_and_follows_policy_changes() {
     let _serial = lock();
-    enforces_and_follows_changes(Layout::Bridged).unwrap();
+    enforces_and_follows_changes(Lab::bridged()).unwrap();
 }
 
 #[test]
@@ -648,7 +540,7 @@ fn restart(layout: Layout, attach: Attach) -> anyhow::Result<()> {
     ensure!(established.echo(), "b's flow works");
     ensure!(!lab.reaches("c"), "c is denied");
     let c_ifindex = lab.ifindex("c")?;
-    let c_addr = IpAddr::V4(lab.pod("c").addr);
+    let c_addr = IpAddr::V4(lab.pod("c").ipv4);
     ensure!(
         lab.pinned_endpoints()?.iter().any(|(ip, _)| *ip == c_addr),
         "c is an endpoint"
@@ -723,7 +615,7 @@ fn restart(layout: Layout, attach: Attach) -> anyhow::Result<()> {
     ensure!(
         endpoints
             .iter()
-            .any(|(ip, v)| *ip == IpAddr::V4(lab.pod("a").addr) && v.ifindex == a_ifindex),
+            .any(|(ip, v)| *ip == IpAddr::V4(lab.pod("a").ipv4) && v.ifindex == a_ifindex),
         "a's endpoint names its interface"
     );
     // The agent detaches an interface after it has been unneeded for three turns (~3 s).
@@ -792,52 +684,20 @@ fn fail_modes() -> anyhow::Result<()> {
     lab.write(&["a", "b", "c"], "b")?;
     let (b, c) = (lab.pod("b"), lab.pod("c"));
     let unknown = "10.231.0.99";
-    let b_ns = &b.netns.name;
-    ip(&[
-        "-n",
-        b_ns,
-        "addr",
-        "add",
-        &format!("{unknown}/32"),
-        "dev",
-        "eth0",
-    ])?;
-    ip(&[
-        "-n",
-        b_ns,
-        "route",
-        "add",
-        &format!("{}/32", c.addr),
-        "via",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-        "src",
-        unknown,
-    ])?;
-    let b_mac = "02:7b:00:01:00:02";
-    ip(&[
-        "-n",
-        &lab.node.name,
-        "route",
-        "add",
-        &format!("{unknown}/32"),
-        "dev",
-        &b.host_if,
-    ])?;
-    ip(&[
-        "-n",
-        &lab.node.name,
-        "neigh",
-        "replace",
-        unknown,
-        "lladdr",
-        b_mac,
-        "dev",
-        &b.host_if,
-        "nud",
-        "permanent",
-    ])?;
+    let (b_ns, node) = (&b.netns.name, &lab.node.netns.name);
+    ip(&format!("-n {b_ns} addr add {unknown}/32 dev eth0"))?;
+    ip(&format!(
+        "-n {b_ns} route add {}/32 via {GATEWAY_V4} dev eth0 src {unknown}",
+        c.ipv4
+    ))?;
+    ip(&format!(
+        "-n {node} route add {unknown}/32 dev {}",
+        b.host_if
+    ))?;
+    ip(&format!(
+        "-n {node} neigh replace {unknown} lladdr {} dev {} nud permanent",
+        b.mac, b.host_if
+    ))?;
     let b_reaches_c = || lab.connect_to("b", "c").is_some_and(|mut e| e.echo());
     ensure!(
         b_reaches_c(),
@@ -851,7 +711,7 @@ fn fail_modes() -> anyhow::Result<()> {
     );
     ensure!(
         wait_metric(
-            &lab.node,
+            &lab.node.netns,
             r#"zt_datapath_packets_total{reason="drop_unknown_endpoint"}"#,
             1.0
         ),

@@ -1,20 +1,18 @@
 //! A minimal node for the API-server e2e: one network namespace per pod behind a node namespace with
-//! no uplink, and real TCP between them.
+//! no uplink, and real TCP between them. The wiring is `zt_agent::lab::net`'s routed layout, as in
+//! the lab:
 //!
 //! ```text
-//!  ztkube-pN: eth0 (10.77.0.N/32, default via 169.254.1.1) ══veth══ ztkubeNh ─┐
-//!                                                                ztkube-node: routes /32 per pod,
-//!                                                                             forwarding, no uplink
+//!  ztkube-<pid>-pN: eth0 (10.77.0.N/32, default via 169.254.1.1) ══veth══ ztkubeN ─┐
+//!                                                     ztkube-<pid>-node: routes /32 per pod,
+//!                                                                        forwarding, no uplink
 //! ```
 //! Neighbours are static, so nothing depends on ARP and the node needs no address of its own. Every
 //! namespace is deleted on drop (the veths go with them), also when a test fails.
 
 use std::{
-    fs::File,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    path::Path,
-    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -23,210 +21,81 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::sched::{CloneFlags, setns};
+use zt_agent::lab::{
+    net::{self, Config, Netns, PodAddrs},
+    state,
+};
 
-/// The node namespace of this test process. Names carry the process id, so two runs at once
-/// never touch each other's namespaces; [`reap_dead_runs`] removes what killed runs left.
+/// Names carry the process id, so two runs at once never touch each other's namespaces;
+/// [`Node::new`] first removes what killed runs left (namespaces and `/sys/fs/bpf/ztkube-PID…`).
+fn config() -> Config {
+    Config::routed(format!("ztkube-{}", std::process::id()), "ztkube")
+}
+
+/// The node namespace of this test process.
 pub fn node_ns() -> String {
-    format!("ztkube-{}-node", std::process::id())
+    config().node_netns()
 }
 
 /// Pod `n`'s namespace in this test process.
 pub fn pod_ns(n: u8) -> String {
-    format!("ztkube-{}-p{n}", std::process::id())
-}
-
-/// Deletes the namespaces and bpffs pin dirs (`/sys/fs/bpf/ztkube-PID…`) of runs whose process is
-/// gone.
-pub fn reap_dead_runs() {
-    let dead = |name: &str| -> bool {
-        let Some(rest) = name.strip_prefix("ztkube-") else {
-            return false;
-        };
-        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        !pid.is_empty() && !Path::new("/proc").join(&pid).exists()
-    };
-    for (dir, is_netns) in [("/run/netns", true), ("/sys/fs/bpf", false)] {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
-            if dead(&name) {
-                if is_netns {
-                    ip_quiet(&["netns", "del", &name]);
-                } else {
-                    let _ = std::fs::remove_dir_all(Path::new(dir).join(&name));
-                }
-            }
-        }
-    }
-}
-const GATEWAY: &str = "169.254.1.1";
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ip_quiet(args: &[&str]) {
-    let _ = Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    config().pod_netns(n.into())
 }
 
 /// Runs `f` on a thread that has entered network namespace `netns`; sockets it creates stay there.
 pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let ns = File::open(format!("/run/netns/{netns}"))
-        .unwrap_or_else(|e| panic!("open netns {netns}: {e}"));
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
-                f()
-            })
-            .join()
-            .expect("the netns thread does not panic")
-    })
+    Netns::open(netns)
+        .and_then(|ns| ns.run(f))
+        .unwrap_or_else(|e| panic!("in netns {netns}: {e}"))
 }
 
-/// One pod's namespace and the switch of its echo server.
-struct PodNet {
-    netns: String,
-    stop: Arc<AtomicBool>,
-}
-
-/// The node namespace and its pods.
+/// The node namespace and its pods, and the switches of the pods' echo servers.
 pub struct Node {
-    pods: Vec<PodNet>,
+    // Dropped after `drop` has stopped the servers: deletes the namespaces.
+    net: net::Node,
+    stops: Vec<Arc<AtomicBool>>,
 }
 
 impl Node {
     pub fn new() -> Self {
-        reap_dead_runs();
-        let node = node_ns();
-        ip_quiet(&["netns", "del", &node]);
-        ip(&["netns", "add", &node]);
-        ip(&["-n", &node, "link", "set", "lo", "up"]);
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &node,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ])
-            .args([
-                "net.ipv4.conf.all.rp_filter=0",
-                "net.ipv4.conf.default.rp_filter=0",
-            ])
-            .output()
-            .expect("sysctl");
-        assert!(
-            out.status.success(),
-            "sysctl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Node { pods: Vec::new() }
+        state::remove_orphans("ztkube");
+        let net = net::Node::create(config()).expect("create the node namespace");
+        Node {
+            net,
+            stops: Vec::new(),
+        }
     }
 
     /// Wires pod number `n` (1..=250) at 10.77.0.n, serving TCP echo on `port`.
     pub fn add_pod(&mut self, n: u8, port: u16) {
-        let node = node_ns();
-        let netns = pod_ns(n);
-        let host_if = format!("ztkube{n}h");
-        let ip4 = Ipv4Addr::new(10, 77, 0, n);
-        let (host_mac, pod_mac) = (
-            format!("02:7a:6b:00:{n:02x}:01"),
-            format!("02:7a:6b:00:{n:02x}:02"),
-        );
-        ip_quiet(&["netns", "del", &netns]);
-        ip(&["netns", "add", &netns]);
+        let addrs = PodAddrs {
+            n: n.into(),
+            ipv4: Ipv4Addr::new(10, 77, 0, n),
+            ipv6: None,
+        };
+        let pod = self
+            .net
+            .add_pod(addrs)
+            .unwrap_or_else(|e| panic!("wire pod {n}: {e}"));
         let stop = Arc::new(AtomicBool::new(false));
-        self.pods.push(PodNet {
-            netns: netns.clone(),
-            stop: Arc::clone(&stop),
-        });
-        ip(&["-n", &netns, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n", &node, "link", "add", &host_if, "address", &host_mac, "type", "veth", "peer",
-            "name", "eth0", "address", &pod_mac, "netns", &netns,
-        ]);
-        ip(&["-n", &node, "link", "set", &host_if, "up"]);
-        ip(&[
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("{ip4}/32"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &netns, "link", "set", "eth0", "up"]);
-        ip(&["-n", &netns, "route", "add", GATEWAY, "dev", "eth0"]);
-        ip(&[
-            "-n", &netns, "route", "add", "default", "via", GATEWAY, "dev", "eth0",
-        ]);
-        ip(&[
-            "-n",
-            &netns,
-            "neigh",
-            "replace",
-            GATEWAY,
-            "lladdr",
-            &host_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
-        ip(&[
-            "-n",
-            &node,
-            "route",
-            "add",
-            &format!("{ip4}/32"),
-            "dev",
-            &host_if,
-        ]);
-        ip(&[
-            "-n",
-            &node,
-            "neigh",
-            "replace",
-            &ip4.to_string(),
-            "lladdr",
-            &pod_mac,
-            "dev",
-            &host_if,
-            "nud",
-            "permanent",
-        ]);
-        serve_echo(&netns, port, stop);
+        self.stops.push(Arc::clone(&stop));
+        serve_echo(&pod.netns, port, stop);
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        for pod in &self.pods {
-            pod.stop.store(true, Ordering::SeqCst);
-            ip_quiet(&["netns", "del", &pod.netns]);
+        for stop in &self.stops {
+            stop.store(true, Ordering::SeqCst);
         }
-        ip_quiet(&["netns", "del", &node_ns()]);
     }
 }
 
-fn serve_echo(netns: &str, port: u16, stop: Arc<AtomicBool>) {
-    let listener = in_netns(netns, || {
-        TcpListener::bind(("0.0.0.0", port)).expect("bind the echo server")
-    });
+fn serve_echo(netns: &Netns, port: u16, stop: Arc<AtomicBool>) {
+    let listener = netns
+        .run(|| TcpListener::bind(("0.0.0.0", port)))
+        .expect("enter the pod's namespace")
+        .expect("bind the echo server");
     listener.set_nonblocking(true).expect("nonblocking");
     thread::spawn(move || {
         while !stop.load(Ordering::SeqCst) {

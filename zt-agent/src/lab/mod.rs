@@ -135,15 +135,20 @@ impl Lab {
         })?;
         write_manifests(&manifests, &plan.resources)?;
 
-        let mut record_netns = |name: &str| {
-            let _ = state::update(&run.0, |r| r.netns.push(name.to_owned()));
-        };
-        let mut node = Node::create(&run.0, &mut record_netns)?;
+        // Each namespace is recorded before it exists, so a crash in between leaves a record.
+        let record_netns = |name: String| state::update(&run.0, |r| r.netns.push(name));
+        let config = net::lab_config(&run.0);
+        let _ = record_netns(config.node_netns());
+        let mut node = Node::create(config)?;
         let mut servers = Servers::default();
-        for pod in &plan.pods {
-            node.add_pod(pod.ipv4, pod.ipv6, &mut record_netns)?;
-            let netns = &node.pods.last().expect("just added").netns;
-            servers.serve(netns, &pod.ports)?;
+        for (n, pod) in plan.pods.iter().enumerate() {
+            let _ = record_netns(node.config().pod_netns(n));
+            let addrs = net::PodAddrs {
+                n,
+                ipv4: pod.ipv4,
+                ipv6: pod.ipv6,
+            };
+            servers.serve(&node.add_pod(addrs)?.netns, &pod.ports)?;
         }
         let mut agent = Agent::start(
             &node.netns,

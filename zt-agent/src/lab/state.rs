@@ -192,16 +192,22 @@ pub fn reap_leftovers() -> Vec<String> {
             reaped.push(format!("run {}", record.run));
         }
     }
+    reaped.extend(remove_orphans(net::PREFIX));
+    reaped
+}
+
+/// Deletes every network namespace and bpffs pin dir named `<prefix>-<pid>…` whose process is
+/// not running, so a user that names its objects so can clean up after its killed runs. Returns
+/// the paths it removed.
+pub fn remove_orphans(prefix: &str) -> Vec<String> {
     let orphan = |name: &str| -> bool {
-        let Some(rest) = name
-            .strip_prefix(net::PREFIX)
-            .and_then(|r| r.strip_prefix('-'))
-        else {
+        let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
             return false;
         };
         let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
         pid.is_some_and(|pid| pid != std::process::id() && Process::of(pid).is_none())
     };
+    let mut reaped = Vec::new();
     for (dir, is_netns) in [("/run/netns", true), (BPFFS, false)] {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
