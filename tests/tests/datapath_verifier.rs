@@ -4,9 +4,10 @@
 use zt_common::names;
 use zt_tests::kernel::{Datapath, Hook};
 
-/// The verifier gives up at 1M processed instructions. Fail here first, with the numbers, when a
-/// change eats most of the headroom (the pair takes ~780k on Linux 6.18; see README, *Datapath*).
-const VERIFIER_BUDGET: u32 = 900_000;
+/// The verifier gives up at 1M processed instructions, and older kernels prune less than this
+/// one. Fail here first, with the numbers, when a change eats into the headroom (each program of
+/// the pair takes ~94k on Linux 6.18; see README, *Datapath*).
+const VERIFIER_BUDGET: u32 = 300_000;
 
 #[test]
 fn verifier_accepts_every_program() {

@@ -6,13 +6,14 @@
 //! every IPv4 branch with every IPv6 one; two straight copies keep its work linear.
 
 use aya_ebpf::maps::{LruHashMap, lpm_trie::Key};
-use zt_common::{conntrack::CtValue, identity::IdentityValue};
+use zt_common::{conntrack::CtValue, endpoint::EndpointValue, identity::IdentityValue};
 
 use crate::{
     keys::{Addr32, CtKey4, CtKey6, Lpm4, Lpm6, copy_addr},
     maps::{
         CONNTRACK_V4, CONNTRACK_V6, HOST_IDENTITY_V4, HOST_IDENTITY_V6, IDENTITY_V4, IDENTITY_V6,
     },
+    policy::{Decision, Query},
 };
 
 /// A conntrack key's fields; addresses in the packet's `Addr32` form.
@@ -34,6 +35,9 @@ pub trait Family {
 
     /// The address's own entry in the host map, else its longest prefix in the trie.
     fn identity(addr: &Addr32) -> Option<&'static IdentityValue>;
+
+    /// Step 9 (see `policy`).
+    fn evaluate(ep: &EndpointValue, q: &Query, d: &mut Decision);
 }
 
 pub struct V4;
@@ -74,6 +78,11 @@ impl Family for V4 {
         // stricter alignment.
         IDENTITY_V4.get(unsafe { &*(&key as *const Lpm4).cast::<Key<u32>>() })
     }
+
+    #[inline(always)]
+    fn evaluate(ep: &EndpointValue, q: &Query, d: &mut Decision) {
+        crate::policy::zt_evaluate_v4(ep, q, d);
+    }
 }
 
 impl Family for V6 {
@@ -109,5 +118,10 @@ impl Family for V6 {
         };
         // SAFETY: as for IPv4, for `Key<Addr32>`.
         IDENTITY_V6.get(unsafe { &*(&key as *const Lpm6).cast::<Key<Addr32>>() })
+    }
+
+    #[inline(always)]
+    fn evaluate(ep: &EndpointValue, q: &Query, d: &mut Decision) {
+        crate::policy::zt_evaluate_v6(ep, q, d);
     }
 }
