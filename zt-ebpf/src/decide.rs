@@ -21,7 +21,7 @@ use crate::{
     maps::ENDPOINTS,
     packet::{self, Packet, class},
     parse::{self, ParseError},
-    policy::{self, Decision, Query},
+    policy::{Decision, Query},
     verdict::{Verdict, ifindex},
 };
 
@@ -123,7 +123,7 @@ fn flow<F: Family>(cfg: &Config, dir: u8, ifindex: u32, pkt: &Packet, mut v: Ver
         };
         let mut d = MaybeUninit::<Decision>::uninit();
         let d = zero(&mut d);
-        policy::evaluate::<F>(&ep, &q, d);
+        F::evaluate(&ep, &q, d);
         v.peer_identity = d.peer_identity;
         v.policy_ref = d.policy_ref;
         if d.allow != 0 {
@@ -155,7 +155,7 @@ fn flow<F: Family>(cfg: &Config, dir: u8, ifindex: u32, pkt: &Packet, mut v: Ver
     };
     let mut d = MaybeUninit::<Decision>::uninit();
     let d = zero(&mut d);
-    policy::evaluate::<F>(&ep, &q, d);
+    F::evaluate(&ep, &q, d);
     v.peer_identity = d.peer_identity;
     v.policy_ref = d.policy_ref;
     let (allow, ct_flags, event) = if d.allow != 0 {

@@ -36,14 +36,8 @@ pub struct Query {
     pub direction: u8,
 }
 
-/// Step 9 for `q` at endpoint `ep`, through the family's global function.
-#[inline(always)]
-pub fn evaluate<F: Family>(ep: &EndpointValue, q: &Query, d: &mut Decision) {
-    F::evaluate(ep, q, d);
-}
-
-// Step 9 is a *global* BPF function per family (exported by name, see `build.rs`, so its BTF
-// linkage is global). The verifier checks a global function once, on its own, for any argument,
+// Step 9 is a *global* BPF function per family, reached through `Family::evaluate` (exported by
+// name, see `build.rs`, so its BTF linkage is global). The verifier checks a global function once, on its own, for any argument,
 // instead of once per distinct caller state as it does a static subprogram; with the 18-slot
 // lookup loop inside, that is the difference between ~94k and ~780k verifier steps per program
 // (the limit is 1M). The price: arguments are checked for null, and the return is a scalar.

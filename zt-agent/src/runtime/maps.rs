@@ -113,23 +113,13 @@ fn apply_one(ebpf: &mut Ebpf, write: &MapWrite) -> Result<()> {
         ),
         // A single address goes to the family's host map, a shorter prefix to its trie (see
         // `zt_common::identity`).
-        // Deletes go to the trie too: maps pinned by an older version held single addresses
-        // there, and a stale one would still answer for the address.
         MapWrite::Identity(IpNet::V4(net), op) if net.prefix_len() == net.max_prefix_len() => {
-            if op == Op::Delete {
-                let key = LpmKey::new(32, net.addr().octets());
-                write_lpm(ebpf, names::MAP_IDENTITY_V4, key, Op::Delete)?;
-            }
-            let name = names::MAP_HOST_IDENTITY_V4;
-            write_hash(ebpf, name, net.addr().octets(), identity_op(op))
+            let (host, trie) = (names::MAP_HOST_IDENTITY_V4, names::MAP_IDENTITY_V4);
+            write_host(ebpf, host, trie, net.addr().octets(), 32, op)
         }
         MapWrite::Identity(IpNet::V6(net), op) if net.prefix_len() == net.max_prefix_len() => {
-            if op == Op::Delete {
-                let key = LpmKey::new(128, net.addr().octets());
-                write_lpm(ebpf, names::MAP_IDENTITY_V6, key, Op::Delete)?;
-            }
-            let name = names::MAP_HOST_IDENTITY_V6;
-            write_hash(ebpf, name, net.addr().octets(), identity_op(op))
+            let (host, trie) = (names::MAP_HOST_IDENTITY_V6, names::MAP_IDENTITY_V6);
+            write_host(ebpf, host, trie, net.addr().octets(), 128, op)
         }
         MapWrite::Identity(IpNet::V4(net), op) => write_lpm(
             ebpf,
@@ -149,6 +139,23 @@ fn apply_one(ebpf: &mut Ebpf, write: &MapWrite) -> Result<()> {
             write_config(ebpf, config)
         }
     }
+}
+
+/// One upsert or delete of a single address's identity in the `host` map. Deletes clear the
+/// family's `trie` too: maps pinned by an older version held single addresses there, and a stale
+/// one would still answer for the address.
+fn write_host<K: Pod>(
+    ebpf: &mut Ebpf,
+    host: &str,
+    trie: &str,
+    addr: K,
+    bits: u32,
+    op: Op<u32>,
+) -> Result<()> {
+    if op == Op::Delete {
+        write_lpm(ebpf, trie, LpmKey::new(bits, addr), Op::Delete)?;
+    }
+    write_hash(ebpf, host, addr, identity_op(op))
 }
 
 fn identity_op(op: Op<u32>) -> Op<IdentityValue> {
