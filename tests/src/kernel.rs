@@ -80,35 +80,8 @@ pub enum AttachMode {
 #[derive(Debug)]
 pub struct PinDir(PathBuf);
 
-/// `statfs` magic of a bpf filesystem.
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-/// Mounts bpffs on `/sys/fs/bpf` unless one is already there (fresh VMs and containers often
-/// have none).
-pub fn ensure_bpffs() -> anyhow::Result<()> {
-    let root = Path::new("/sys/fs/bpf");
-    let is_bpffs = || nix::sys::statfs::statfs(root).map(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
-    if is_bpffs()? {
-        return Ok(());
-    }
-    let mounted = nix::mount::mount(
-        Some("bpf"),
-        root,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    );
-    // Another process may have mounted it in the meantime: what matters is that one is there.
-    if is_bpffs()? {
-        return Ok(());
-    }
-    mounted.context("mounting bpffs on /sys/fs/bpf")?;
-    bail!("/sys/fs/bpf is not a bpf filesystem")
-}
-
 impl PinDir {
     pub fn new() -> anyhow::Result<Self> {
-        ensure_bpffs()?;
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = PathBuf::from(format!("/sys/fs/bpf/ztdp-{}-{n}", std::process::id()));
@@ -116,8 +89,7 @@ impl PinDir {
             fs::remove_dir_all(&path)
                 .with_context(|| format!("removing stale {}", path.display()))?;
         }
-        fs::create_dir(&path)
-            .with_context(|| format!("creating {} (root, bpffs?)", path.display()))?;
+        zt_agent::runtime::bpffs::ensure_pin_root(&path)?;
         Ok(Self(path))
     }
 

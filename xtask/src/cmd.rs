@@ -12,6 +12,17 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace root) or `target`.
+pub fn target_dir() -> PathBuf {
+    let root = workspace_root();
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
+}
+
+/// The debug build of the agent binary.
+pub fn agent_binary() -> PathBuf {
+    target_dir().join("debug/zt-agent")
+}
+
 /// Runs `cmd` from the workspace root, echoing it; fails if it fails.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {}", display(cmd));

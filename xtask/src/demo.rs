@@ -4,18 +4,19 @@
 
 use std::{process::Command, time::Instant};
 
-use crate::{cmd, ebpf};
+use crate::{cmd, ebpf, toolchain};
 
 /// The flow the demo explains: a debugging pod trying the database directly.
 const EXPLAIN: &str = "default/toolbox:shop/db:5432/TCP";
 
 pub fn run() -> anyhow::Result<()> {
     cmd::require_root("cargo xtask demo")?;
+    toolchain::ensure_debian_packages(&[toolchain::LAB_PACKAGES])?;
     ebpf::build()?;
     cmd::run(Command::new("cargo").args(["build", "--package", "zt-agent", "--bin", "zt-agent"]))?;
     let root = cmd::workspace_root();
     let started = Instant::now();
-    let mut demo = Command::new(root.join("target/debug/zt-agent"));
+    let mut demo = Command::new(cmd::agent_binary());
     demo.args(["lab", "demo", "--dir"])
         .arg(root.join("deploy/demo"))
         .args(["--explain", EXPLAIN]);

@@ -29,18 +29,17 @@ pub fn run(which: Which) -> anyhow::Result<()> {
 
 pub fn kube() -> anyhow::Result<()> {
     cmd::require_root("cargo xtask e2e kube")?;
-    toolchain::ensure_debian_packages()?;
+    toolchain::ensure_debian_packages(&[toolchain::LAB_PACKAGES, toolchain::TEST_PACKAGES])?;
     let apiserver = kube_apiserver()?;
     ebpf::build()?;
 
-    let root = cmd::workspace_root();
     let tests = test_targets(|name| name.starts_with("kube_"))?;
     if tests.is_empty() {
         bail!("no tests/tests/kube_*.rs");
     }
     // The packet tests run the agent binary itself, in the lab's node namespace.
     cmd::run(Command::new("cargo").args(["build", "--package", "zt-agent", "--bin", "zt-agent"]))?;
-    let agent = root.join("target/debug/zt-agent");
+    let agent = cmd::agent_binary();
     let mut cargo = Command::new("cargo");
     cargo.args(["test", "--package", "zt-tests"]);
     for test in &tests {

@@ -15,6 +15,11 @@ pub fn build() -> anyhow::Result<()> {
                 "-Cdebuginfo=2\x1f-Clink-arg=--btf",
             ),
     )?;
-    eprintln!("built target/bpfel-unknown-none/release/zt");
+    eprintln!(
+        "built {}",
+        cmd::target_dir()
+            .join("bpfel-unknown-none/release/zt")
+            .display()
+    );
     Ok(())
 }

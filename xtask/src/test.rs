@@ -8,7 +8,7 @@ use crate::{cmd, e2e, ebpf, toolchain};
 
 pub fn run() -> anyhow::Result<()> {
     cmd::require_root("cargo xtask test")?;
-    toolchain::ensure_debian_packages()?;
+    toolchain::ensure_debian_packages(&[toolchain::LAB_PACKAGES, toolchain::TEST_PACKAGES])?;
     ebpf::build()?;
     cmd::run(Command::new("cargo").args([
         "test",

@@ -12,11 +12,22 @@ const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.10.3";
 
 /// Debian packages: (package, a command it provides, used to check it is there).
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+type Packages = &'static [(&'static str, &'static str)];
+
+/// What the lab and the demo run: `ip`, `nsenter`, `sysctl`, `modprobe` (for `veth` and the tc
+/// attach mode's modules where they are not built in).
+pub const LAB_PACKAGES: Packages = &[
     ("iproute2", "ip"),
+    ("util-linux", "nsenter"),
+    ("procps", "sysctl"),
+    ("kmod", "modprobe"),
+];
+
+/// What the test tiers add: the API server's etcd and certificates, its unpacking, kubectl.
+pub const TEST_PACKAGES: Packages = &[
     ("etcd-server", "etcd"),
     ("xz-utils", "xz"),
-    ("procps", "sysctl"),
+    ("openssl", "openssl"),
     ("kubernetes-client", "kubectl"),
 ];
 
@@ -49,9 +60,10 @@ pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn ensure_debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+pub fn ensure_debian_packages(sets: &[Packages]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = sets
         .iter()
+        .flat_map(|set| set.iter())
         .filter(|(_, probe)| {
             !cmd::succeeds(Command::new("sh").args(["-c", &format!("command -v {probe}")]))
         })

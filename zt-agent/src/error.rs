@@ -6,7 +6,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("reading {path}: {source}")]
+    #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
@@ -14,6 +14,9 @@ pub enum Error {
     },
     #[error("{path}: {message}")]
     Manifest { path: PathBuf, message: String },
+    /// The pin root is not, and could not be made, a directory on a bpf filesystem.
+    #[error("pin root {path}: {message}")]
+    PinRoot { path: PathBuf, message: String },
     #[error("eBPF: {0}")]
     Ebpf(String),
     #[error("{0}")]

@@ -116,6 +116,7 @@ impl Lab {
                 )));
             }
         }
+        crate::runtime::kmod::ensure(crate::runtime::kmod::LAB)?;
         let plan = plan::plan(resources)?;
         for what in state::reap_leftovers() {
             eprintln!("zt-agent lab: removed leftover {what}");
@@ -128,6 +129,7 @@ impl Lab {
             r.workdir = Some(workdir.clone());
             r.pin_root = Some(pin_root.clone());
         })?;
+        crate::runtime::bpffs::ensure_pin_root(&pin_root)?;
         let manifests = workdir.join("manifests");
         std::fs::create_dir_all(&manifests).map_err(|source| Error::Io {
             path: manifests.clone(),

@@ -23,9 +23,6 @@ use zt_common::{
 
 use crate::error::{Error, Result};
 
-/// `statfs` magic of bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub maps_dir: PathBuf,
@@ -35,6 +32,7 @@ pub struct Loaded {
 impl Loaded {
     /// Loads the object, pinning or reusing maps under `pin_root`, and verifies both programs.
     pub fn load(pin_root: &Path) -> Result<Self> {
+        super::bpffs::ensure_pin_root(pin_root)?;
         let maps_dir = pin_root.join("maps");
         let links_dir = pin_root.join("links");
         for dir in [&maps_dir, &links_dir] {
@@ -43,7 +41,6 @@ impl Loaded {
                 source,
             })?;
         }
-        check_bpffs(&maps_dir)?;
         check_pinned_maps(&maps_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
@@ -197,18 +194,6 @@ fn check_pinned_maps(dir: &Path) -> Result<()> {
                 dir.with_file_name("links").display()
             )));
         }
-    }
-    Ok(())
-}
-
-fn check_bpffs(dir: &Path) -> Result<()> {
-    let stat = nix::sys::statfs::statfs(dir)
-        .map_err(|e| Error::Other(format!("statfs {}: {e}", dir.display())))?;
-    if stat.filesystem_type().0 as i64 != BPF_FS_MAGIC {
-        return Err(Error::Other(format!(
-            "{} is not on a bpffs (mount one: `mount -t bpf bpf /sys/fs/bpf`)",
-            dir.display()
-        )));
     }
     Ok(())
 }

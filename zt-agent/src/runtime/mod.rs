@@ -18,8 +18,10 @@
 //! maps in place: enforcement goes on while no agent runs.
 
 pub mod attach;
+pub mod bpffs;
 pub mod events;
 pub mod iface;
+pub mod kmod;
 pub mod loader;
 pub mod maps;
 pub mod metrics;
@@ -123,6 +125,9 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
     let links = iface::list_links()?;
     let mode = args.attach.unwrap_or_else(AttachMode::detect);
     tracing::info!(?mode, "attach mode");
+    if mode == AttachMode::Tc {
+        kmod::ensure(kmod::TC_ATTACH)?;
+    }
     let mut attacher = Attacher::new(&loaded.links_dir, mode);
     let config_map_id = loaded.config_map_id()?;
     attacher.adopt(&mut loaded.ebpf, config_map_id, &live(&links));
