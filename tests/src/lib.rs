@@ -6,3 +6,4 @@ pub mod kernel;
 pub mod lab_support;
 pub mod oracle;
 pub mod packet;
+pub mod wire;
