@@ -2,6 +2,7 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod chaos;
 pub mod kernel;
 pub mod lab_support;
 pub mod oracle;

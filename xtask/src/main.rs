@@ -2,6 +2,7 @@
 //! idempotently, and says what it does.
 
 mod bench;
+mod chaos;
 mod cmd;
 mod demo;
 mod e2e;
@@ -31,6 +32,15 @@ enum Command {
     },
     /// The demo: a small app in the lab, before and after a zero-trust policy set (root).
     Demo,
+    /// The agent broken on purpose under continuous traffic: restarts, pod churn, policy churn
+    /// (root). Prints sent / lost / leaked per case.
+    Chaos {
+        /// The quick scale that `cargo xtask test` runs.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// End-to-end tests against real components.
     E2e {
         #[command(subcommand)]
@@ -44,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test => test::run(),
         Command::Bench { which } => bench::run(which),
         Command::Demo => demo::run(),
+        Command::Chaos { quick, json } => chaos::run(quick, json),
         Command::E2e { which } => e2e::run(which),
     }
 }

@@ -68,6 +68,16 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Deletes pod `n`'s namespace, and with it both ends of its veth, as a CNI DEL does.
+    pub fn remove_pod(&mut self, n: usize) {
+        if let Some(at) = self.pods.iter().position(|p| p.n == n) {
+            let pod = self.pods.remove(at);
+            delete_netns(&pod.netns.name);
+        }
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         for pod in &self.pods {
