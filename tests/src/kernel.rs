@@ -33,7 +33,7 @@ use aya::{
     },
 };
 use ipnet::IpNet;
-use zt_agent::datapath::{MapWrite, Op};
+use zt_agent::datapath::{DatapathState, MapWrite, Op};
 use zt_common::{
     config::Config,
     conntrack::{CtKey4, CtKey6, CtValue},
@@ -190,6 +190,23 @@ impl Datapath {
             ifindex,
             pins,
         })
+    }
+
+    /// Loads a datapath under `config` whose maps hold `state`'s identities, policy and endpoints,
+    /// as an agent would have written them.
+    pub fn with_state(state: &DatapathState, config: Config) -> anyhow::Result<Self> {
+        let mut dp = Self::load()?;
+        dp.set_config(config)?;
+        for (net, id) in &state.identities {
+            dp.set_identity(*net, *id)?;
+        }
+        for (key, value) in &state.policy {
+            dp.set_policy(*key, value.policy_ref)?;
+        }
+        for (addr, value) in &state.endpoints {
+            dp.set_endpoint(*addr, *value)?;
+        }
+        Ok(dp)
     }
 
     pub fn pin_dir(&self) -> &Path {

@@ -15,10 +15,18 @@ use zt_tests::{
     kernel::{Datapath, Hook},
     oracle::{
         self,
-        arbitrary::{cluster, probes},
+        arbitrary::{cases, cluster, probes},
         compiled,
     },
     packet::Packet,
+};
+
+/// Policy revision 1, no events.
+const CONFIG: Config = Config {
+    policy_revision: 1,
+    event_mask: 0,
+    flags: 0,
+    _pad: 0,
 };
 
 fn packet(src: IpAddr, dst: IpAddr, sport: u16, port: u16, protocol: &str) -> Vec<u8> {
@@ -32,41 +40,13 @@ fn packet(src: IpAddr, dst: IpAddr, sport: u16, port: u16, protocol: &str) -> Ve
     .build()
 }
 
-fn load(state: &zt_agent::datapath::DatapathState) -> anyhow::Result<Datapath> {
-    let mut dp = Datapath::load()?;
-    dp.set_config(Config {
-        policy_revision: 1,
-        event_mask: 0,
-        flags: 0,
-        _pad: 0,
-    })?;
-    for (net, id) in &state.identities {
-        dp.set_identity(*net, *id)?;
-    }
-    for (key, value) in &state.policy {
-        dp.set_policy(*key, value.policy_ref)?;
-    }
-    for (addr, value) in &state.endpoints {
-        dp.set_endpoint(*addr, *value)?;
-    }
-    Ok(dp)
-}
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(24);
-    ProptestConfig::with_cases(cases)
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(cases(24))]
 
     #[test]
     fn kernel_agrees_with_the_oracle_and_the_model(cluster in cluster()) {
         let compiler = compiled::compile(&cluster, Options::default());
-        let mut dp = load(compiler.state()).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+        let mut dp = Datapath::with_state(compiler.state(), CONFIG).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
         let mut bad = vec![];
         for (i, (src, dst, port, protocol)) in probes(&cluster).into_iter().enumerate() {
             let bytes = packet(src, dst, 20_000 + (i % 40_000) as u16, port, protocol);

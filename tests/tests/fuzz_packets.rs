@@ -33,7 +33,7 @@ use zt_tests::{
     kernel::{Datapath, Hook, Run, TC_ACT_OK, TC_ACT_SHOT},
     oracle::{
         self, Cluster,
-        arbitrary::{cluster, probes},
+        arbitrary::{cases, cluster, probes},
         compiled,
     },
     packet::Packet,
@@ -41,6 +41,14 @@ use zt_tests::{
 };
 
 /// Probes per cluster, sampled evenly, so a run stays within seconds.
+/// Policy revision 1, no events, fail-closed.
+const CONFIG: Config = Config {
+    policy_revision: 1,
+    event_mask: 0,
+    flags: flags::FAIL_CLOSED,
+    _pad: 0,
+};
+
 const PROBES_PER_CLUSTER: usize = 160;
 
 /// A small xorshift generator: the mutation of each probe follows from the case's seed.
@@ -159,26 +167,6 @@ fn mutate(rng: &mut Rng, packet: Packet, earlier: &[Packet]) -> Vec<u8> {
             p.build()
         }
     }
-}
-
-fn load(state: &DatapathState) -> anyhow::Result<Datapath> {
-    let mut dp = Datapath::load()?;
-    dp.set_config(Config {
-        policy_revision: 1,
-        event_mask: 0,
-        flags: flags::FAIL_CLOSED,
-        _pad: 0,
-    })?;
-    for (net, id) in &state.identities {
-        dp.set_identity(*net, *id)?;
-    }
-    for (key, value) in &state.policy {
-        dp.set_policy(*key, value.policy_ref)?;
-    }
-    for (addr, value) in &state.endpoints {
-        dp.set_endpoint(*addr, *value)?;
-    }
-    Ok(dp)
 }
 
 fn oracle_protocol(protocol: u8) -> &'static str {
@@ -308,19 +296,11 @@ fn judge(
     }
 }
 
-fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(16);
-    ProptestConfig::with_cases(cases)
-}
-
 fn fuzz(cluster: &Cluster, seed: u64) -> Result<(), TestCaseError> {
     let fail = |e: anyhow::Error| TestCaseError::fail(format!("{e:#}"));
     let compiler = compiled::compile(cluster, Options::default());
     let state = compiler.state();
-    let mut dp = load(state).map_err(fail)?;
+    let mut dp = Datapath::with_state(state, CONFIG).map_err(fail)?;
     let mut rng = Rng(seed | 1);
     let mut admitted = Admitted::default();
     let mut sent: Vec<Packet> = Vec::new();
@@ -396,7 +376,7 @@ fn fuzz(cluster: &Cluster, seed: u64) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(cases(16))]
 
     #[test]
     fn hostile_packets_never_open_a_hole(cluster in cluster(), seed in any::<u64>()) {

@@ -256,3 +256,12 @@ pub fn probes(cluster: &Cluster) -> Vec<(IpAddr, IpAddr, u16, &'static str)> {
     }
     out
 }
+
+/// Proptest's configuration: `PROPTEST_CASES` cases when set, else `default`.
+pub fn cases(default: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(default);
+    proptest::test_runner::Config::with_cases(cases)
+}
