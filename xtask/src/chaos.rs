@@ -15,7 +15,6 @@ pub fn run(quick: bool, json: bool) -> anyhow::Result<()> {
         .args([
             "run",
             "--quiet",
-            "--release",
             "--package",
             "zt-tests",
             "--bin",
