@@ -51,6 +51,7 @@ pub fn main(command: LabCommand) -> Result<()> {
         LabCommand::Probe(args) => {
             let signals = state::handle_signals()?;
             let resources = crate::manifests::load_dir(&args.manifests)?;
+            plan::require_probes(&plan::plan(resources.clone())?.pods)?;
             let lab = Lab::build(resources, Some(signals))?;
             let report = lab.probe(Timeouts::default());
             if args.json {

@@ -169,10 +169,34 @@ pub fn plan(resources: Vec<Resource>) -> Result<Plan, Error> {
         ns.metadata.name = Some(name);
         out.insert(0, Resource::Namespace(with_name_label(ns)));
     }
+    if pods.is_empty() {
+        return Err(Error::Other(
+            "the manifests hold no Pod: the lab has nothing to build (it reads the folder and its \
+             subfolders)"
+                .into(),
+        ));
+    }
     Ok(Plan {
         pods,
         resources: out,
     })
+}
+
+/// An error when `pods` give no probe at all (one pod, or no pod declares a port): a probe run
+/// that tries nothing must not look like one that found everything in order.
+pub fn require_probes(pods: &[LabPod]) -> Result<(), Error> {
+    if pods.len() < 2 {
+        return Err(Error::Other(format!(
+            "{} pod in the manifests: the lab probes between pods, it needs at least two",
+            pods.len()
+        )));
+    }
+    if probes(pods).is_empty() {
+        return Err(Error::Other(
+            "no pod declares a port (spec.containers[].ports[]): nothing to probe".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Every ordered pair of distinct pods on every port the destination declares, IPv4 always and
@@ -389,17 +413,40 @@ spec: {containers: [{name: c, image: none}]}
     }
 
     #[test]
+    fn a_lab_without_pods_or_probes_is_an_error() {
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n";
+        let message = load(ns).unwrap_err().to_string();
+        assert!(message.contains("no Pod"), "{message}");
+        let one = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: c, ports: [{containerPort: 80}]}]}\n";
+        let message = require_probes(&load(one).unwrap().pods)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("at least two"), "{message}");
+        let portless = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: c}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b}\nspec: {containers: [{name: c}]}\n";
+        let message = require_probes(&load(portless).unwrap().pods)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("nothing to probe"), "{message}");
+        assert!(require_probes(&load(PODS).unwrap().pods).is_ok());
+    }
+
+    #[test]
     fn bad_pods_are_errors_naming_the_pod() {
         let cases = [
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: nope}\n",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c}]}\nstatus: {podIP: nope}\n",
             "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c, ports: [{containerPort: 70000}]}]}\n",
             "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c, ports: [{containerPort: 80, protocol: ICMP}]}]}\n",
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 127.0.0.1}\n",
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n",
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\nstatus: {podIP: 10.0.0.1}\n",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 127.0.0.1}\n",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c}]}\n",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 10.0.0.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 10.0.0.1}\n",
         ];
         for text in cases {
-            let message = load(text).unwrap_err().to_string();
+            // The manifests' validation refuses some of these already; the plan refuses the
+            // rest, and objects built in code that never went through a file.
+            let message = match crate::manifests::parse(Path::new("t.yaml"), text) {
+                Err(e) => e.to_string(),
+                Ok(resources) => plan(resources).unwrap_err().to_string(),
+            };
             assert!(
                 message.contains("Pod x/a") || message.contains("Pod x/b"),
                 "{message}"

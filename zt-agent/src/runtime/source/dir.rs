@@ -108,7 +108,7 @@ mod tests {
     #[test]
     fn resets_every_kind_in_order_even_when_empty() {
         let resources = parse(
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec: {podSelector: {}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: x, namespace: a}\n",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec: {podSelector: {}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: x, namespace: a}\nspec: {containers: [{name: c}]}\n",
         );
         let events = resets(resources);
         let shape: Vec<(Kind, usize)> = events
