@@ -163,6 +163,7 @@ impl Lab {
         let process = state::Process::of(agent.pid());
         state::update(&run.0, |r| r.agent = process)?;
         agent.wait_ready(&node.netns, READY_TIMEOUT)?;
+        report_notes(&node.netns);
         Ok(Self {
             _servers: servers,
             agent,
@@ -202,6 +203,7 @@ impl Lab {
         let deadline = std::time::Instant::now() + APPLY_TIMEOUT;
         while std::time::Instant::now() < deadline {
             if self.source_changes() > before {
+                report_notes(&self.node.netns);
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -283,8 +285,18 @@ impl Lab {
     }
 }
 
+/// Prints what the agent's `/readyz` notes (compiler warnings, a rejected folder) on stderr: the
+/// lab's user must see a rule the compiler skipped.
+fn report_notes(node: &net::Netns) {
+    if let Some((_, body)) = agent::get(node, "/readyz") {
+        for note in body.lines().skip(1) {
+            eprintln!("zt-agent lab: agent: {note}");
+        }
+    }
+}
+
 /// Writes `resources` as the one file the agent follows, atomically (a hidden temporary, renamed),
-/// so the agent never reads half a file.
+/// so the agent never reads half a file. What the agent would reject is an error here, at once.
 fn write_manifests(dir: &Path, resources: &[Resource]) -> Result<()> {
     let mut text = String::new();
     for resource in resources {
@@ -298,6 +310,7 @@ fn write_manifests(dir: &Path, resources: &[Resource]) -> Result<()> {
         text.push_str(&doc);
     }
     let (tmp, path) = (dir.join(".lab.yaml.tmp"), dir.join("lab.yaml"));
+    crate::manifests::parse(&path, &text)?;
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|source| Error::Io { path, source })

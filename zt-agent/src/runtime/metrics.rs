@@ -24,6 +24,11 @@ pub struct EventLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabel {
     pub map: String,
 }
@@ -44,6 +49,14 @@ pub struct Metrics {
     pub events: Family<EventLabel, Counter>,
     pub events_lost: Counter,
     pub compile_warnings: Counter,
+    /// Compiler warnings standing now.
+    pub compile_warnings_current: Gauge,
+    /// `dir:` source reads of a changed folder, by result (`applied`, `rejected`).
+    pub manifest_loads: Family<ResultLabel, Counter>,
+    pub manifest_last_applied: Gauge,
+    pub manifest_last_rejected: Gauge,
+    /// 1 while the folder as it is now is rejected (the last good one stays enforced).
+    pub manifest_rejected: Gauge,
     /// Last kernel counter values, so the `packets` counters advance by differences.
     packets_seen: Arc<Mutex<[u64; reason::COUNT as usize]>>,
 }
@@ -121,7 +134,56 @@ impl Metrics {
             "Bad policy or pod fields skipped by the compiler",
             m.compile_warnings.clone(),
         );
+        registry.register(
+            "zt_compile_warnings_current",
+            "Compiler warnings standing now (the list is on /readyz)",
+            m.compile_warnings_current.clone(),
+        );
+        registry.register(
+            "zt_manifest_loads",
+            "Reads of a changed manifest folder (dir: source), by result: applied or rejected",
+            m.manifest_loads.clone(),
+        );
+        registry.register(
+            "zt_manifest_last_applied_timestamp_seconds",
+            "When the manifest folder was last read and applied (Unix time; 0: never)",
+            m.manifest_last_applied.clone(),
+        );
+        registry.register(
+            "zt_manifest_last_rejected_timestamp_seconds",
+            "When the manifest folder was last rejected (Unix time; 0: never)",
+            m.manifest_last_rejected.clone(),
+        );
+        registry.register(
+            "zt_manifest_rejected",
+            "1 while the manifest folder as it is now is rejected and the last good one enforced",
+            m.manifest_rejected.clone(),
+        );
         m
+    }
+
+    /// A read of the manifest folder was applied.
+    pub fn manifests_applied(&self, health: &Health) {
+        self.count_load("applied");
+        self.manifest_last_applied.set(now_ms() as i64 / 1000);
+        self.manifest_rejected.set(0);
+        health.set_source_problem(None);
+    }
+
+    /// A read of the manifest folder was rejected, for `why`.
+    pub fn manifests_rejected(&self, health: &Health, why: String) {
+        self.count_load("rejected");
+        self.manifest_last_rejected.set(now_ms() as i64 / 1000);
+        self.manifest_rejected.set(1);
+        health.set_source_problem(Some(why));
+    }
+
+    fn count_load(&self, result: &str) {
+        self.manifest_loads
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// Advances the per-reason packet counters to the kernel's sums.
@@ -141,13 +203,22 @@ impl Metrics {
 }
 
 /// What `/healthz` and `/readyz` answer.
+///
+/// Besides ready or not, `/readyz` carries notes that do not change readiness: why the manifest
+/// folder as it is now was rejected (the last good one is enforced, correctly, so the agent
+/// stays ready), and the compiler's standing warnings.
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
     /// Milliseconds since the Unix epoch of the control loop's last turn.
     heartbeat_ms: AtomicU64,
     why_not_ready: Mutex<String>,
+    source_problem: Mutex<Option<String>>,
+    warnings: Mutex<Vec<String>>,
 }
+
+/// At most this many compiler warnings are listed on `/readyz`.
+const READYZ_WARNINGS: usize = 10;
 
 impl Health {
     pub fn set(&self, why_not_ready: Option<String>) {
@@ -169,6 +240,42 @@ impl Health {
         }
     }
 
+    pub fn set_source_problem(&self, problem: Option<String>) {
+        *self
+            .source_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    pub fn set_warnings(&self, warnings: Vec<String>) {
+        *self.warnings.lock().unwrap_or_else(|e| e.into_inner()) = warnings;
+    }
+
+    /// The notes `/readyz` adds to its answer, one per line; empty when there are none.
+    pub fn notes(&self) -> String {
+        let mut out = String::new();
+        if let Some(problem) = &*self
+            .source_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            out.push_str(&format!(
+                "source rejected, the last good state stays enforced: {problem}\n"
+            ));
+        }
+        let warnings = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
+        for w in warnings.iter().take(READYZ_WARNINGS) {
+            out.push_str(&format!("warning: {w}\n"));
+        }
+        if warnings.len() > READYZ_WARNINGS {
+            out.push_str(&format!(
+                "warning: … {} more (zt_compile_warnings_current)\n",
+                warnings.len() - READYZ_WARNINGS
+            ));
+        }
+        out
+    }
+
     pub fn beat(&self) {
         self.heartbeat_ms.store(now_ms(), Ordering::Release);
     }
@@ -184,4 +291,49 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_move_the_metrics_and_the_readyz_notes() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let health = Health::default();
+        health.set(None);
+        metrics.manifests_rejected(
+            &health,
+            "a.yaml: spec.ingress[0].fromm: unknown field".into(),
+        );
+        assert!(
+            health.ready().is_ok(),
+            "the last good state is enforced: still ready"
+        );
+        assert!(
+            health.notes().contains("source rejected"),
+            "{}",
+            health.notes()
+        );
+        assert!(health.notes().contains("fromm"));
+        assert_eq!(metrics.manifest_rejected.get(), 1);
+        assert!(metrics.manifest_last_rejected.get() > 1_700_000_000);
+        metrics.manifests_applied(&health);
+        assert_eq!(metrics.manifest_rejected.get(), 0);
+        assert_eq!(health.notes(), "");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"zt_manifest_loads_total{result="rejected"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"zt_manifest_loads_total{result="applied"} 1"#),
+            "{text}"
+        );
+        health.set_warnings((0..12).map(|i| format!("w{i}")).collect());
+        assert!(health.notes().contains("warning: w9\n"));
+        assert!(health.notes().contains("2 more"));
+    }
 }

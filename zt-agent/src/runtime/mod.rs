@@ -146,7 +146,10 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
     match source {
         Source::Dir(dir) => {
             tracing::info!(dir = %dir.display(), "following a folder of manifests");
-            tokio::task::spawn_blocking(move || source::dir::follow(dir, tx, DIR_POLL));
+            let (metrics, health) = (metrics.clone(), health.clone());
+            tokio::task::spawn_blocking(move || {
+                source::dir::follow(dir, tx, DIR_POLL, metrics, health)
+            });
         }
         Source::Kube => {
             let client = ::kube::Client::try_default().await.map_err(|e| {
@@ -336,6 +339,12 @@ impl Control {
             self.metrics
                 .compile_warnings
                 .inc_by(self.compiler.skipped_total() - before);
+            let warnings = self.compiler.warnings();
+            self.metrics
+                .compile_warnings_current
+                .set(warnings.len() as i64);
+            self.health
+                .set_warnings(warnings.iter().map(ToString::to_string).collect());
             self.refresh_names();
         }
         let links = match iface::list_links() {

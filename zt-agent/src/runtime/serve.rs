@@ -2,7 +2,8 @@
 //!
 //! - `/healthz`: 200 while the control loop turns (it beats at least every second), else 503.
 //! - `/readyz`: 200 once every source synced, the first map sync applied and every local pod
-//!   address is attached; else 503 with the reason.
+//!   address is attached; else 503 with the reason. Either way, the lines after the first are
+//!   notes that do not change readiness: a rejected manifest folder, compiler warnings.
 //! - `/metrics`: OpenMetrics text.
 
 use std::{sync::Arc, time::Duration};
@@ -46,8 +47,12 @@ async fn handle(mut conn: TcpStream, registry: &Registry, health: &Health) -> st
         ("GET", "/healthz") if health.alive(10_000) => (200, "text/plain", "ok\n".to_owned()),
         ("GET", "/healthz") => (503, "text/plain", "the control loop is stuck\n".to_owned()),
         ("GET", "/readyz") => match health.ready() {
-            Ok(()) => (200, "text/plain", "ready\n".to_owned()),
-            Err(why) => (503, "text/plain", format!("not ready: {why}\n")),
+            Ok(()) => (200, "text/plain", format!("ready\n{}", health.notes())),
+            Err(why) => (
+                503,
+                "text/plain",
+                format!("not ready: {why}\n{}", health.notes()),
+            ),
         },
         ("GET", "/metrics") => {
             let mut text = String::new();

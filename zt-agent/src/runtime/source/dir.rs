@@ -6,9 +6,11 @@
 //! a file can change (editors' renames, `kubectl`-style atomic writes, bind-mounted ConfigMaps)
 //! with no inotify limits to tune.
 //!
-//! A folder that does not read or parse is reported and **not** applied: the last good state stays
-//! enforced (applying a partial folder could drop a policy and open what it closed). It is retried
-//! when its contents change again.
+//! A folder that does not read, parse or validate is reported and **not** applied: the last good
+//! state stays enforced (applying a partial folder could drop a policy and open what it closed).
+//! It is retried when its contents change again. Every read of a changed folder is reported to
+//! the [`Metrics`] (`zt_manifest_loads_total{result}`, the last applied and rejected times,
+//! `zt_manifest_rejected`) and the rejection's reason to `/readyz` through [`Health`].
 
 use std::{
     hash::{DefaultHasher, Hash as _, Hasher as _},
@@ -18,14 +20,21 @@ use std::{
 
 use tokio::sync::mpsc;
 
+use super::super::metrics::{Health, Metrics};
 use crate::{
     error::Result,
     manifests,
     resource::{Kind, Resource, SourceEvent},
 };
 
-/// Follows `dir` until `events` closes.
-pub fn follow(dir: PathBuf, events: mpsc::Sender<SourceEvent>, interval: Duration) {
+/// Follows `dir` until `events` closes, reporting each read to `metrics` and `health`.
+pub fn follow(
+    dir: PathBuf,
+    events: mpsc::Sender<SourceEvent>,
+    interval: Duration,
+    metrics: Metrics,
+    health: std::sync::Arc<Health>,
+) {
     let mut last: Option<u64> = None;
     let mut unlisted = false;
     loop {
@@ -39,6 +48,7 @@ pub fn follow(dir: PathBuf, events: mpsc::Sender<SourceEvent>, interval: Duratio
                 match manifests::load_dir(&dir) {
                     Ok(resources) => {
                         tracing::info!(dir = %dir.display(), objects = resources.len(), "read the manifests");
+                        metrics.manifests_applied(&health);
                         for event in resets(resources) {
                             if events.blocking_send(event).is_err() {
                                 return;
@@ -46,7 +56,8 @@ pub fn follow(dir: PathBuf, events: mpsc::Sender<SourceEvent>, interval: Duratio
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "manifests not applied; the last good state stays enforced")
+                        tracing::warn!(%error, "manifests not applied; the last good state stays enforced");
+                        metrics.manifests_rejected(&health, error.to_string());
                     }
                 }
             }
@@ -54,6 +65,7 @@ pub fn follow(dir: PathBuf, events: mpsc::Sender<SourceEvent>, interval: Duratio
             Err(error) => {
                 if !unlisted {
                     tracing::warn!(%error, dir = %dir.display(), "cannot list the manifest folder");
+                    metrics.manifests_rejected(&health, error.to_string());
                 }
                 unlisted = true;
                 // Forget the hash so the folder is read again as soon as it lists.
