@@ -23,6 +23,27 @@ pub enum Command {
     /// A hermetic one-machine lab: pods in network namespaces, the real agent and datapath.
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Take zt off this node: detach every program pair the pin root records, remove its pins.
+    #[command(long_about = UNINSTALL_HELP)]
+    Uninstall(UninstallArgs),
+}
+
+const UNINSTALL_HELP: &str = "Take zt off this node: detach every program pair the pin root records \
+(TCX links and tc filters), remove every pin (links, maps) and the pin root, and print what was \
+removed. Pinned programs keep enforcing when the agent is gone; this is how they stop.
+
+Run it after the agent stopped (it refuses while an agent holds the pin root's lock), in the \
+agent's network namespace (the host's). Exit status 1 if anything could not be removed. In a \
+cluster: delete the zt DaemonSet, then apply deploy/zt-uninstall.yaml (docs/operations.md).";
+
+#[derive(Debug, Clone, Args)]
+pub struct UninstallArgs {
+    /// The agent's bpffs directory.
+    #[arg(long, default_value = zt_common::names::PIN_ROOT)]
+    pub pin_root: PathBuf,
+    /// The agent's lock directory.
+    #[arg(long, default_value = crate::runtime::lock::LOCK_DIR)]
+    pub lock_dir: PathBuf,
 }
 
 /// `zt-agent run --help`: what a newcomer needs before starting the agent.
@@ -79,6 +100,20 @@ pub struct RunArgs {
     /// (clsact qdisc and netlink filters). Default: tcx where the kernel has it, tc otherwise.
     #[arg(long, value_enum, value_name = "tcx|tc")]
     pub attach: Option<crate::runtime::attach::AttachMode>,
+    /// Directory of the per-pin-root locks (one agent per pin root; a second one exits with an
+    /// error naming the first). Not on bpffs. In a DaemonSet, a hostPath.
+    #[arg(long, default_value = crate::runtime::lock::LOCK_DIR)]
+    pub lock_dir: PathBuf,
+    /// Seconds between read-backs of the maps, which find entries changed behind the agent's
+    /// back (`zt_map_drift_total`) and repair them.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub verify_interval: u64,
+}
+
+impl RunArgs {
+    pub fn verify_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.verify_interval)
+    }
 }
 
 #[derive(Debug, Subcommand)]

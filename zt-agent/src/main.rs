@@ -8,5 +8,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => Ok(zt_agent::runtime::run(args)?),
         Command::Lab(command) => Ok(zt_agent::lab::main(command)?),
+        Command::Uninstall(args) => Ok(zt_agent::runtime::uninstall::run(args)?),
     }
 }

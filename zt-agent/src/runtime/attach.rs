@@ -24,8 +24,8 @@ use aya::{
     Ebpf,
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
-        links::{FdLink, PinnedLink},
-        loaded_programs,
+        links::{FdLink, Link as _, PinnedLink},
+        loaded_links, loaded_programs,
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle, qdisc_add_clsact},
     },
 };
@@ -329,6 +329,105 @@ impl Attacher {
                 "detached the program pair"
             );
         }
+    }
+}
+
+/// What [`remove_all`] did.
+#[derive(Debug, Default)]
+pub struct Removed {
+    /// One line per attachment detached or pin removed.
+    pub done: Vec<String>,
+    /// What could not be removed, and why.
+    pub failed: Vec<String>,
+}
+
+/// Detaches and unpins every attachment recorded under `dir` (`zt-agent uninstall`; no agent
+/// may run on it): each TCX link (its pin removed, then checked gone from the kernel — a link
+/// some other process still holds open stays attached, and is reported), and each tc marker's
+/// two filters on the interface of that ifindex (`live`: ifindex → name in this namespace).
+/// clsact qdiscs stay: other programs may use them, and without filters they do nothing.
+pub fn remove_all(dir: &Path, live: &BTreeMap<u32, String>) -> Removed {
+    let mut out = Removed::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for path in entries {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some((ifindex, suffix)) = name
+            .split_once('-')
+            .and_then(|(i, s)| Some((i.parse::<u32>().ok()?, s)))
+        else {
+            out.failed
+                .push(format!("{}: not a zt pin, left alone", path.display()));
+            continue;
+        };
+        let on = live.get(&ifindex).map_or_else(
+            || format!("ifindex {ifindex} (gone)"),
+            |n| format!("{n} (ifindex {ifindex})"),
+        );
+        let hook = Hook::BOTH.into_iter().find(|h| h.suffix() == suffix);
+        match (hook, suffix) {
+            (Some(hook), _) => remove_link(&path, hook, &on, &mut out),
+            (None, TC_MARKER) => {
+                if let Some(ifname) = live.get(&ifindex) {
+                    for hook in Hook::BOTH {
+                        match tc_link(hook, ifname).map(|link| link.detach()) {
+                            Ok(Ok(())) => out
+                                .done
+                                .push(format!("tc filter of {} on {on}", hook.program())),
+                            Ok(Err(e)) => out.failed.push(format!(
+                                "tc filter of {} on {on}: {e}",
+                                hook.program()
+                            )),
+                            Err(e) => out.failed.push(format!(
+                                "tc filter of {} on {on}: {e}",
+                                hook.program()
+                            )),
+                        }
+                    }
+                }
+                match std::fs::remove_dir(&path) {
+                    Ok(()) => out.done.push(format!("tc marker {}", path.display())),
+                    Err(e) => out.failed.push(format!("{}: {e}", path.display())),
+                }
+            }
+            (None, _) => out
+                .failed
+                .push(format!("{}: not a zt pin, left alone", path.display())),
+        }
+    }
+    out
+}
+
+/// Unpins one TCX link and checks that the kernel let go of it.
+fn remove_link(path: &Path, hook: Hook, on: &str, out: &mut Removed) {
+    let id = PinnedLink::from_pin(path)
+        .ok()
+        .and_then(|pinned| FdLink::from(pinned).info().ok())
+        .map(|info| info.id());
+    if let Err(e) = std::fs::remove_file(path) {
+        out.failed.push(format!("{}: {e}", path.display()));
+        return;
+    }
+    // The fd opened above is closed: if nothing else holds the link, it is gone now.
+    let still = id.is_some_and(|id| loaded_links().flatten().any(|l| l.id() == id));
+    if still {
+        out.failed.push(format!(
+            "TCX link of {} on {on}: unpinned, but another process holds it open (a running \
+             agent?), so it stays attached until that process exits",
+            hook.program()
+        ));
+    } else {
+        out.done.push(format!(
+            "TCX link of {} on {on} (pin {})",
+            hook.program(),
+            path.display()
+        ));
     }
 }
 

@@ -49,6 +49,10 @@ pub struct Metrics {
     pub events: Family<EventLabel, Counter>,
     pub events_lost: Counter,
     pub compile_warnings: Counter,
+    /// Map entries found changed behind the agent's back, by map.
+    pub map_drift: Family<MapLabel, Counter>,
+    /// Read-backs that found drift (each followed by a repair).
+    pub drift_repairs: Counter,
     /// Compiler warnings standing now.
     pub compile_warnings_current: Gauge,
     /// `dir:` source reads of a changed folder, by result (`applied`, `rejected`).
@@ -133,6 +137,16 @@ impl Metrics {
             "zt_compile_warnings",
             "Bad policy or pod fields skipped by the compiler",
             m.compile_warnings.clone(),
+        );
+        registry.register(
+            "zt_map_drift",
+            "Map entries found changed behind the agent's back by the periodic read-back, by map",
+            m.map_drift.clone(),
+        );
+        registry.register(
+            "zt_drift_repairs",
+            "Read-backs that found drift, each repaired by the next sync",
+            m.drift_repairs.clone(),
         );
         registry.register(
             "zt_compile_warnings_current",

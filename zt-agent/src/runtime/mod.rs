@@ -19,14 +19,17 @@
 
 pub mod attach;
 pub mod bpffs;
+pub mod drift;
 pub mod events;
 pub mod iface;
 pub mod kmod;
 pub mod loader;
+pub mod lock;
 pub mod maps;
 pub mod metrics;
 pub mod serve;
 pub mod source;
+pub mod uninstall;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -42,6 +45,7 @@ use zt_common::{endpoint::EndpointValue, names};
 
 use self::{
     attach::{AttachMode, Attacher},
+    drift::Schedule,
     iface::{Discovery, HostIf},
     loader::Loaded,
     metrics::{Health, MapLabel, Metrics},
@@ -108,6 +112,9 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
     health.set(Some("starting".into()));
     health.beat();
 
+    // Held until the process exits: one agent per pin root.
+    let lock = lock::PinRootLock::acquire(&args.lock_dir, &args.pin_root)?;
+    tracing::info!(lock = %lock.path.display(), "holding the pin root's lock");
     let loading = std::time::Instant::now();
     let mut loaded = Loaded::load(&args.pin_root)?;
     let config = maps::configure(&mut loaded.ebpf, args.fail_open)?;
@@ -208,8 +215,11 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
         names,
         metrics,
         health,
+        config,
+        verify: Schedule::new(args.verify_interval()),
     };
     control.run(rx).await;
+    drop(lock);
     tracing::info!("stopped; programs, links and maps stay in place and keep enforcing");
     Ok(())
 }
@@ -267,6 +277,10 @@ struct Control {
     names: events::Names,
     metrics: Metrics,
     health: Arc<Health>,
+    /// The `zt_config` knobs this agent set.
+    config: zt_common::config::Config,
+    /// When the maps are next read back to find drift.
+    verify: Schedule,
 }
 
 impl Control {
@@ -428,6 +442,9 @@ impl Control {
     /// Identities and policy (cluster-wide, hundreds of thousands of entries) are diffed whole
     /// only when `full_diff` says so; otherwise only the keys the compiler changed are looked at.
     fn sync(&mut self, found: &BTreeMap<IpAddr, HostIf>) -> bool {
+        if self.synced_once && self.verify.due(std::time::Instant::now()) {
+            self.find_drift();
+        }
         if std::mem::take(&mut self.reread) {
             match maps::read_state(&self.loaded.ebpf) {
                 Ok(state) => {
@@ -492,6 +509,52 @@ impl Control {
                 false
             }
         }
+    }
+
+    /// Reads the maps back and compares them with `applied`; on any difference counts it and
+    /// makes this sync a full one from what the maps really hold, which repairs it (see
+    /// [`drift`]).
+    fn find_drift(&mut self) {
+        let read = match maps::read_state(&self.loaded.ebpf) {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the maps back to look for drift");
+                return;
+            }
+        };
+        let knobs = match maps::read_config(&self.loaded.ebpf) {
+            Ok(now) => drift::knobs_differ(&self.config, &now),
+            Err(_) => drift::KnobsDiffer(false),
+        };
+        let found = drift::measure(&self.applied, &read, knobs);
+        if found.total() == 0 {
+            return;
+        }
+        tracing::warn!(
+            endpoints = found.endpoints,
+            identities = found.identities,
+            policy = found.policy,
+            config = found.config,
+            "the maps changed behind the agent's back (another agent on this pin root?); repairing"
+        );
+        for (map, n) in found.by_map() {
+            if n > 0 {
+                self.metrics
+                    .map_drift
+                    .get_or_create(&MapLabel { map: map.into() })
+                    .inc_by(n as u64);
+            }
+        }
+        self.metrics.drift_repairs.inc();
+        if knobs.0 {
+            let fail_open = self.config.flags & zt_common::config::flags::FAIL_CLOSED == 0;
+            match maps::configure(&mut self.loaded.ebpf, fail_open) {
+                Ok(config) => self.config = config,
+                Err(error) => tracing::warn!(%error, "cannot restore zt_config"),
+            }
+        }
+        self.applied = read;
+        self.full_diff = true;
     }
 
     fn refresh_names(&self) {
