@@ -723,3 +723,320 @@ fn fail_modes() -> anyhow::Result<()> {
     ensure!(b_reaches_c(), "fail-open: the unknown address passes");
     Ok(())
 }
+
+// ── Holes a new user found (issue 15): typos, two agents, drift, uninstall ──────────────────
+
+impl Lab {
+    /// Rewrites the followed manifests through `edit` (write + rename, as an editor does).
+    fn edit(&self, edit: impl FnOnce(String) -> String) -> anyhow::Result<()> {
+        let path = self.cleanup.manifests.join("lab.yaml");
+        let text = edit(std::fs::read_to_string(&path)?);
+        let tmp = self.cleanup.manifests.join(".lab.yaml.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    /// `zt-agent <args>` run to completion in the node namespace: (success, stdout, stderr).
+    /// Killed after 15 s, which counts as a failure (a second agent that does not refuse runs
+    /// forever).
+    fn agent_command(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        let out_path = self.cleanup.manifests.join("command.out");
+        let err_path = self.cleanup.manifests.join("command.err");
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.node.netns.name))
+            .arg(agent::binary()?)
+            .args(args)
+            .arg("--pin-root")
+            .arg(&self.cleanup.pin_root)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path)?)
+            .stderr(std::fs::File::create(&err_path)?)
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        Ok((
+            status.is_some_and(|s| s.success()),
+            std::fs::read_to_string(out_path)?,
+            std::fs::read_to_string(err_path)?,
+        ))
+    }
+}
+
+fn readyz(node: &Netns) -> (u16, String) {
+    agent::get(node, "/readyz").unwrap_or((0, String::new()))
+}
+
+/// Polls `/metrics` (up to `timeout`) until `name` is at least `at_least`.
+fn wait_metric_for(node: &Netns, name: &str, at_least: f64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if metric(node, name).is_some_and(|n| n >= at_least) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn a_misspelt_rule_is_rejected_and_the_last_good_state_stays_visibly_enforced() {
+    let _serial = lock();
+    rejected_folder().unwrap();
+}
+
+/// `fromm:` for `from:` used to be dropped, leaving a rule that admits everyone. Now the folder
+/// is rejected: the last good policy stays enforced, `/readyz` stays 200 and says why, and the
+/// load metrics move.
+fn rejected_folder() -> anyhow::Result<()> {
+    let lab = Lab::new(Layout::Routed)?;
+    lab.serve()?;
+    lab.write(&["a", "b", "c"], "b")?;
+    let _agent = lab.start_agent()?;
+    let node = &lab.node.netns;
+    ensure!(lab.reaches("b") && !lab.reaches("c"), "b in, c out");
+    let applied_at = metric(node, "zt_manifest_last_applied_timestamp_seconds").unwrap_or(0.0);
+    ensure!(applied_at > 1.7e9, "the first read is recorded as applied");
+
+    lab.edit(|text| text.replace("  - from:", "  - fromm:"))?;
+    ensure!(
+        wait_metric(node, "zt_manifest_rejected", 1.0),
+        "the misspelt folder is rejected"
+    );
+    ensure!(
+        metric(node, r#"zt_manifest_loads_total{result="rejected"}"#) == Some(1.0),
+        "one rejected load"
+    );
+    ensure!(
+        metric(node, "zt_manifest_last_rejected_timestamp_seconds").is_some_and(|t| t > 1.7e9),
+        "the rejection's time"
+    );
+    let (status, body) = readyz(node);
+    ensure!(
+        status == 200,
+        "still ready: the last good state is enforced ({body})"
+    );
+    ensure!(
+        body.contains("source rejected") && body.contains("spec.ingress[0].fromm: unknown field"),
+        "/readyz names the field: {body}"
+    );
+    thread::sleep(Duration::from_millis(600));
+    ensure!(
+        !lab.reaches("c"),
+        "the unreadable rule did not become allow-all"
+    );
+    ensure!(lab.reaches("b"), "the last good policy stays");
+
+    lab.edit(|text| text.replace("  - fromm:", "  - from:"))?;
+    ensure!(
+        wait_metric(node, r#"zt_manifest_loads_total{result="applied"}"#, 2.0),
+        "the fixed folder is applied"
+    );
+    ensure!(
+        metric(node, "zt_manifest_rejected") == Some(0.0),
+        "no longer rejected"
+    );
+    ensure!(!readyz(node).1.contains("rejected"), "the note is gone");
+    Ok(())
+}
+
+#[test]
+fn a_second_agent_on_one_pin_root_is_refused() {
+    let _serial = lock();
+    second_agent().unwrap();
+}
+
+fn second_agent() -> anyhow::Result<()> {
+    let lab = Lab::new(Layout::Routed)?;
+    lab.write(&["a", "b", "c"], "b")?;
+    let first = lab.start_agent()?;
+    let started = Instant::now();
+    let (ok, _, stderr) = lab.agent_command(&[
+        "run",
+        "--source",
+        &format!("dir:{}", lab.cleanup.manifests.display()),
+        "--listen",
+        "127.0.0.1:9991",
+    ])?;
+    ensure!(!ok, "the second agent must exit with an error");
+    ensure!(
+        stderr.contains("another zt-agent holds the pin root")
+            && stderr.contains(&format!("pid {}", first.child.id())),
+        "a clear error naming the first agent: {stderr}"
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "it exits at once, before loading anything"
+    );
+    ensure!(
+        readyz(&lab.node.netns).0 == 200,
+        "the first agent is untouched"
+    );
+    first.terminate()?;
+    // The lock went with the first agent: a new one starts.
+    let _second = lab.start_agent()?;
+    Ok(())
+}
+
+#[test]
+fn map_entries_changed_behind_the_agent_are_found_and_repaired() {
+    let _serial = lock();
+    drift().unwrap();
+}
+
+/// Another writer (what a second agent did before the lock) clears `a`'s ingress isolation in
+/// the pinned endpoints map: `c` gets in, until the read-back finds it, counts it and puts the
+/// entry back.
+fn drift() -> anyhow::Result<()> {
+    let lab = Lab::new(Layout::Routed)?;
+    lab.serve()?;
+    lab.write(&["a", "b", "c"], "b")?;
+    let _agent = lab.start_agent_with(&["--verify-interval", "2"])?;
+    let node = &lab.node.netns;
+    ensure!(!lab.reaches("c"), "c is denied");
+
+    let path = lab.cleanup.pin_root.join("maps").join(names::MAP_ENDPOINTS);
+    let mut endpoints: HashMap<MapData, EndpointKey, EndpointValue> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(&path)?))?;
+    let key = EndpointKey {
+        addr: zt_common::addr_from_ip(IpAddr::V4(lab.pod("a").ipv4)),
+    };
+    let good = endpoints.get(&key, 0)?;
+    let open = EndpointValue {
+        flags: good.flags & !zt_common::endpoint::flags::INGRESS_ISOLATED,
+        ..good
+    };
+    endpoints.insert(key, open, 0)?;
+    ensure!(lab.reaches("c"), "the tampered entry opens a to c");
+    ensure!(
+        wait_metric_for(
+            node,
+            r#"zt_map_drift_total{map="endpoints"}"#,
+            1.0,
+            Duration::from_secs(6)
+        ),
+        "the read-back finds the changed entry"
+    );
+    ensure!(
+        lab.wait_reach("c", false, Duration::from_secs(3)),
+        "the repair closes a again"
+    );
+    ensure!(
+        endpoints.get(&key, 0)? == good,
+        "the entry is back as it was"
+    );
+    ensure!(
+        metric(node, "zt_drift_repairs_total").is_some_and(|n| n >= 1.0),
+        "the repair is counted"
+    );
+    ensure!(lab.reaches("b"), "b still gets in");
+    Ok(())
+}
+
+#[test]
+fn uninstall_detaches_and_unpins_everything_in_tcx_mode() {
+    let _serial = lock();
+    uninstall(Attach::Tcx).unwrap();
+}
+
+#[test]
+fn uninstall_detaches_and_unpins_everything_in_tc_mode() {
+    let _serial = lock();
+    uninstall(Attach::Tc).unwrap();
+}
+
+fn uninstall(attach: Attach) -> anyhow::Result<()> {
+    let lab = Lab::new(Layout::Routed)?;
+    lab.serve()?;
+    lab.write(&["a", "b", "c"], "b")?;
+    let agent = lab.start_agent_with(&attach.args())?;
+    ensure!(!lab.reaches("c"), "c is denied");
+    let (ok, _, stderr) = lab.agent_command(&["uninstall"])?;
+    ensure!(
+        !ok && stderr.contains("another zt-agent holds the pin root"),
+        "uninstall refuses while the agent runs: {stderr}"
+    );
+    agent.terminate()?;
+    ensure!(
+        !lab.reaches("c"),
+        "the pins keep enforcing without the agent"
+    );
+    let link_ids: Vec<u32> = std::fs::read_dir(lab.cleanup.pin_root.join("links"))?
+        .flatten()
+        .filter_map(|e| aya::programs::links::PinnedLink::from_pin(e.path()).ok())
+        .filter_map(|l| FdLink::from(l).info().ok().map(|i| i.id()))
+        .collect();
+    ensure!(
+        link_ids.len() == if matches!(attach, Attach::Tcx) { 6 } else { 0 },
+        "three pods' TCX pairs pinned: {link_ids:?}"
+    );
+
+    let (ok, stdout, stderr) = lab.agent_command(&["uninstall"])?;
+    ensure!(ok, "uninstall succeeds:\n{stdout}\n{stderr}");
+    let expected = match attach {
+        Attach::Tcx => "removed TCX link of zt_from_pod on",
+        Attach::Tc => "removed tc filter of zt_from_pod on",
+    };
+    ensure!(
+        stdout.matches(expected).count() == 3,
+        "one pair per pod reported:\n{stdout}"
+    );
+    ensure!(
+        stdout.contains(&format!(
+            "removed map pin {}",
+            lab.cleanup
+                .pin_root
+                .join("maps")
+                .join(names::MAP_POLICY)
+                .display()
+        )),
+        "map pins reported:\n{stdout}"
+    );
+    ensure!(!lab.cleanup.pin_root.exists(), "the pin root is gone");
+    let alive: Vec<u32> = aya::programs::loaded_links()
+        .flatten()
+        .map(|l| l.id())
+        .filter(|id| link_ids.contains(id))
+        .collect();
+    ensure!(alive.is_empty(), "no zt link left in the kernel: {alive:?}");
+    for pod in PODS {
+        let dev = &lab.pod(pod).host_if;
+        for hook in ["ingress", "egress"] {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &lab.node.netns.name,
+                    "tc",
+                    "filter",
+                    "show",
+                    "dev",
+                    dev,
+                    hook,
+                ])
+                .output()?;
+            let filters = String::from_utf8_lossy(&out.stdout);
+            ensure!(
+                filters.trim().is_empty(),
+                "no tc filter left on {dev} {hook}: {filters}"
+            );
+        }
+    }
+    ensure!(lab.reaches("c"), "traffic flows unfiltered");
+    let (ok, stdout, _) = lab.agent_command(&["uninstall"])?;
+    ensure!(
+        ok && stdout.contains("nothing to remove"),
+        "a second uninstall finds nothing: {stdout}"
+    );
+    Ok(())
+}

@@ -28,7 +28,8 @@ pub enum Command {
     Uninstall(UninstallArgs),
 }
 
-const UNINSTALL_HELP: &str = "Take zt off this node: detach every program pair the pin root records \
+const UNINSTALL_HELP: &str =
+    "Take zt off this node: detach every program pair the pin root records \
 (TCX links and tc filters), remove every pin (links, maps) and the pin root, and print what was \
 removed. Pinned programs keep enforcing when the agent is gone; this is how they stop.
 

@@ -380,14 +380,12 @@ pub fn remove_all(dir: &Path, live: &BTreeMap<u32, String>) -> Removed {
                             Ok(Ok(())) => out
                                 .done
                                 .push(format!("tc filter of {} on {on}", hook.program())),
-                            Ok(Err(e)) => out.failed.push(format!(
-                                "tc filter of {} on {on}: {e}",
-                                hook.program()
-                            )),
-                            Err(e) => out.failed.push(format!(
-                                "tc filter of {} on {on}: {e}",
-                                hook.program()
-                            )),
+                            Ok(Err(e)) => out
+                                .failed
+                                .push(format!("tc filter of {} on {on}: {e}", hook.program())),
+                            Err(e) => out
+                                .failed
+                                .push(format!("tc filter of {} on {on}: {e}", hook.program())),
                         }
                     }
                 }

@@ -137,7 +137,10 @@ mod tests {
             ..expected
         };
         assert!(!knobs_differ(&expected, &bumped).0);
-        let open = Config { flags: 0, ..expected };
+        let open = Config {
+            flags: 0,
+            ..expected
+        };
         assert!(knobs_differ(&expected, &open).0);
     }
 

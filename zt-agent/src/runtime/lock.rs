@@ -117,8 +117,14 @@ mod tests {
         let message = PinRootLock::acquire(&locks, &other_spelling)
             .unwrap_err()
             .to_string();
-        assert!(message.contains("another zt-agent holds the pin root"), "{message}");
-        assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
+        assert!(
+            message.contains("another zt-agent holds the pin root"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
         assert!(PinRootLock::acquire(&locks, &base.join("pins/other")).is_ok());
         drop(first);
         let again = PinRootLock::acquire(&locks, &root);

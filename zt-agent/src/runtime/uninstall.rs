@@ -56,9 +56,8 @@ pub fn uninstall(pin_root: &Path) -> attach::Removed {
         Ok(links) => links.into_iter().map(|l| (l.ifindex, l.ifname)).collect(),
         Err(error) => {
             let mut out = attach::Removed::default();
-            out.failed.push(format!(
-                "cannot list interfaces ({error}); nothing removed"
-            ));
+            out.failed
+                .push(format!("cannot list interfaces ({error}); nothing removed"));
             return out;
         }
     };
