@@ -207,3 +207,232 @@ spec:
     }
     assert_eq!(report.results.len(), expect.len());
 }
+
+/// The zt-agent binary of this target dir (tests run from target/<profile>/deps).
+fn agent_binary() -> std::path::PathBuf {
+    zt_agent::lab::agent::binary().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A folder with two pods serving TCP/80, removed on drop.
+struct TwoPods(std::path::PathBuf);
+
+impl TwoPods {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ztlab-{tag}-m-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pod = |name: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: t}}\n\
+                 spec: {{containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}\n"
+            )
+        };
+        std::fs::write(
+            dir.join("pods.yaml"),
+            format!("{}---\n{}", pod("a"), pod("b")),
+        )
+        .unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TwoPods {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `lab up` as the login user `uid` (through `SUDO_UID`, as sudo sets it); killed on drop.
+struct LabUp(std::process::Child);
+
+impl LabUp {
+    fn start(manifests: &Path, uid: u32) -> Self {
+        let child = Command::new(agent_binary())
+            .args(["lab", "up", "--manifests"])
+            .arg(manifests)
+            .env("SUDO_UID", uid.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    /// Waits until this lab's agent answers (its record names an agent) or the lab exits.
+    fn wait_up(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.0.try_wait().unwrap().is_some() {
+                return false;
+            }
+            let pid = self.0.id();
+            let up = state::records()
+                .iter()
+                .any(|r| r.owner.pid == pid && r.agent.is_some());
+            if up {
+                // The agent is recorded once it is spawned; give it time to be ready.
+                std::thread::sleep(Duration::from_secs(3));
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for LabUp {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn lab_down_stops_only_the_callers_labs() {
+    require_root();
+    // Login users no one on this machine is: `lab down` as 4343 can touch no one else's lab.
+    let (other, me) = (4242, 4343);
+    let manifests = TwoPods::new("down");
+    let mut theirs = LabUp::start(&manifests.0, other);
+    assert!(theirs.wait_up(), "the other user's lab is up");
+    let mut mine = LabUp::start(&manifests.0, me);
+    assert!(mine.wait_up(), "my lab is up");
+    let mine_pid = mine.0.id();
+    let out = Command::new(agent_binary())
+        .args(["lab", "down"])
+        .env("SUDO_UID", me.to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("(pid {mine_pid})")), "{stderr}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mine.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!mine.running(), "my lab stopped");
+    assert!(
+        theirs.running(),
+        "the other user's lab still runs:\n{stderr}"
+    );
+    assert!(
+        traces_of(&format!("{mine_pid}-")).is_empty(),
+        "my lab left nothing: {:?}",
+        traces_of(&format!("{mine_pid}-"))
+    );
+    let theirs_pid = theirs.0.id();
+    assert!(
+        !traces_of(&format!("{theirs_pid}-")).is_empty(),
+        "the other user's lab is intact"
+    );
+}
+
+#[test]
+fn a_failed_start_leaves_no_pin_dir_namespace_or_record() {
+    require_root();
+    // An agent that pins something and then fails, as a real one failing its load would.
+    let dir = std::env::temp_dir().join(format!("ztlab-fail-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = dir.join("agent.sh");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nwhile [ $# -gt 0 ]; do\n  [ \"$1\" = --pin-root ] && mkdir -p \"$2/maps\" \"$2/links/7-tc\"\n  shift\ndone\necho failing on purpose >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let manifests = TwoPods::new("fail");
+    let child = Command::new(agent_binary())
+        .args(["lab", "probe", "--manifests"])
+        .arg(&manifests.0)
+        .env("ZT_AGENT_BIN", &fake)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run_prefix = format!("{}-", child.id());
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("failing on purpose"),
+        "the agent's log is shown: {stderr}"
+    );
+    // The failed lab's process is gone: whatever is named after its runs is a leftover.
+    let mut left = traces_of(&run_prefix);
+    left.extend(
+        std::fs::read_dir(state::STATE_DIR)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&run_prefix)),
+    );
+    assert!(left.is_empty(), "left behind: {left:?}\n{stderr}");
+}
+
+#[test]
+fn demo_explain_refuses_what_it_cannot_parse_and_says_when_a_flow_is_allowed() {
+    require_root();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo");
+    let run = |flow: &str| {
+        let started = Instant::now();
+        let out = Command::new(agent_binary())
+            .args(["lab", "demo", "--dir"])
+            .arg(&demo)
+            .args(["--explain", flow])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            started.elapsed(),
+        )
+    };
+    for (flow, why) in [
+        ("garbage", "FROM:TO:PORT/PROTOCOL"),
+        ("default/toolbox:shop/db:5432/tcp", "TCP, UDP or SCTP"),
+        (
+            "default/toolbox:shop/db:9999/TCP",
+            "does not serve TCP/9999",
+        ),
+        ("default/nobody:shop/db:5432/TCP", "no pod default/nobody"),
+    ] {
+        let (ok, stdout, stderr, took) = run(flow);
+        assert!(!ok, "{flow}: exit status 0\n{stdout}");
+        assert!(stderr.contains(why), "{flow}: {stderr}");
+        assert!(
+            stdout.is_empty(),
+            "{flow}: refused before the lab is built:\n{stdout}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "{flow}: refused at once ({took:?})"
+        );
+    }
+    let (ok, stdout, stderr, _) = run("shop/frontend:shop/api:8080/TCP");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("Why was shop/frontend → shop/api TCP/8080 allowed?")
+            && stdout.contains("It is allowed")
+            && stdout.contains("shop/api-from-frontend"),
+        "the allowed flow is the one explained, and said to be allowed:\n{stdout}"
+    );
+    assert!(!stdout.contains("denied, reason"), "{stdout}");
+    let (ok, stdout, stderr, _) = run("default/toolbox:shop/db:5432/TCP");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("Why was default/toolbox → shop/db TCP/5432 denied?"),
+        "{stdout}"
+    );
+}

@@ -123,10 +123,18 @@ pub enum LabCommand {
     Probe(LabProbeArgs),
     /// Build the lab and keep it until Ctrl-C, to poke at it by hand (`ip netns exec …`).
     Up(LabUpArgs),
-    /// Stop every running lab and remove what killed ones left behind.
-    Down,
+    /// Stop your running labs and remove what your killed ones left behind.
+    Down(LabDownArgs),
     /// The demo: an app with no policy, then zero trust, and one denied flow explained.
     Demo(LabDemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LabDownArgs {
+    /// Every user's labs, not only yours (yours: started by your login user, `SUDO_UID` under
+    /// sudo), and every `ztlab-…` namespace or pin dir of a dead process.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -134,8 +142,10 @@ pub struct LabDemoArgs {
     /// Folder with `app/` (namespaces, pods) and `zero-trust/` (policies).
     #[arg(long, default_value = "deploy/demo")]
     pub dir: PathBuf,
-    /// The denied flow to explain, as `FROM:TO:PORT/PROTOCOL` (e.g.
-    /// `default/toolbox:shop/db:5432/TCP`); the first denied flow if absent or not denied.
+    /// The flow to explain, as `FROM:TO:PORT/PROTOCOL` (e.g.
+    /// `default/toolbox:shop/db:5432/TCP`): why it is denied, or that and why it is allowed.
+    /// Without it, the first denied flow. A flow that does not parse or that the lab does not
+    /// probe (unknown pod, port not served) is an error before the lab is built.
     #[arg(long)]
     pub explain: Option<String>,
 }

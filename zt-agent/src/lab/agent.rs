@@ -133,7 +133,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(process) = state::Process::of(self.child.id()) {
-            state::stop(process);
+            state::stop_process(process);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

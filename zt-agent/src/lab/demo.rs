@@ -22,8 +22,13 @@ use crate::{
 };
 
 pub fn run(args: LabDemoArgs) -> Result<()> {
+    // What cannot be explained is refused before anything is built.
+    let wanted = args.explain.as_deref().map(parse_flow).transpose()?;
     let signals = state::handle_signals()?;
     let app = crate::manifests::load_dir(&args.dir.join("app"))?;
+    if let Some(flow) = &wanted {
+        probed(&super::plan::plan(app.clone())?.pods, flow)?;
+    }
     let policies = crate::manifests::load_dir(&args.dir.join("zero-trust"))?;
     let policies: Vec<NetworkPolicy> = policies
         .into_iter()
@@ -82,20 +87,137 @@ pub fn run(args: LabDemoArgs) -> Result<()> {
         open(&after)
     );
 
-    let Some(flow) = pick_denied(&after, args.explain.as_deref()) else {
-        return Err(Error::Other(
-            "no denied flow to explain (did the agent enforce the policies?)".into(),
-        ));
+    let flow = match wanted {
+        Some(flow) => flow,
+        None => first_denied(&after).ok_or_else(|| {
+            Error::Other("no denied flow to explain (did the agent enforce the policies?)".into())
+        })?,
     };
-    println!(
-        "\n── 3. Why was {} → {} {}/{} denied? ──────────────────",
-        flow.0,
-        flow.1,
-        flow.3.as_str(),
-        flow.2
-    );
-    print!("{}", explain(&lab, &policies, &after, &flow));
+    let title = |verdict: &str| {
+        format!(
+            "\n── 3. Why was {} → {} {}/{} {verdict}? ──────────────────",
+            flow.0,
+            flow.1,
+            flow.3.as_str(),
+            flow.2
+        )
+    };
+    match after.allowed(&flow.0, &flow.1, flow.2, flow.3) {
+        Some(false) => {
+            println!("{}", title("denied"));
+            print!("{}", explain(&lab, &policies, &after, &flow));
+        }
+        Some(true) => {
+            println!("{}", title("allowed"));
+            print!("{}", explain_allowed(&lab, &policies, &flow));
+        }
+        None => {
+            return Err(Error::Other(format!(
+                "{} → {} {}/{} was not probed",
+                flow.0,
+                flow.1,
+                flow.3.as_str(),
+                flow.2
+            )));
+        }
+    }
     Ok(())
+}
+
+/// `FROM:TO:PORT/PROTOCOL`, pods as `namespace/name`, e.g. `default/toolbox:shop/db:5432/TCP`.
+pub fn parse_flow(text: &str) -> Result<Flow> {
+    let bad = |why: &str| {
+        Error::Other(format!(
+            "--explain {text:?}: {why}; expected FROM:TO:PORT/PROTOCOL with pods as \
+             namespace/name, e.g. default/toolbox:shop/db:5432/TCP"
+        ))
+    };
+    let parts: Vec<&str> = text.split(':').collect();
+    let [from, to, port] = parts[..] else {
+        return Err(bad("not three parts separated by ':'"));
+    };
+    for pod in [from, to] {
+        let ok = pod
+            .split_once('/')
+            .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'));
+        if !ok {
+            return Err(bad(&format!("{pod:?} is not namespace/name")));
+        }
+    }
+    let Some((number, protocol)) = port.split_once('/') else {
+        return Err(bad(&format!("{port:?} is not PORT/PROTOCOL")));
+    };
+    let number: u16 = number
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| bad(&format!("{number:?} is not a port number (1 to 65535)")))?;
+    let protocol = Protocol::parse(protocol)
+        .ok_or_else(|| bad(&format!("{protocol:?} is not TCP, UDP or SCTP")))?;
+    Ok((from.to_owned(), to.to_owned(), number, protocol))
+}
+
+/// An error unless the lab probes `flow`: both pods exist, they differ, and the destination
+/// serves the port.
+fn probed(pods: &[super::LabPod], flow: &Flow) -> Result<()> {
+    let (from, to, port, protocol) = flow;
+    let find = |id: &str| pods.iter().find(|p| p.id() == id);
+    let known = || {
+        pods.iter()
+            .map(super::LabPod::id)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if find(from).is_none() {
+        return Err(Error::Other(format!(
+            "--explain: no pod {from} in the demo (pods: {})",
+            known()
+        )));
+    }
+    let Some(dst) = find(to) else {
+        return Err(Error::Other(format!(
+            "--explain: no pod {to} in the demo (pods: {})",
+            known()
+        )));
+    };
+    if from == to {
+        return Err(Error::Other(
+            "--explain: a pod to itself is not probed".into(),
+        ));
+    }
+    if !dst
+        .ports
+        .iter()
+        .any(|p| p.port == *port && p.protocol == *protocol)
+    {
+        let serves: Vec<String> = dst
+            .ports
+            .iter()
+            .map(|p| format!("{}/{}", p.protocol.as_str(), p.port))
+            .collect();
+        return Err(Error::Other(format!(
+            "--explain: {to} does not serve {}/{port} (it serves {})",
+            protocol.as_str(),
+            serves.join(" ")
+        )));
+    }
+    Ok(())
+}
+
+/// Why an allowed flow passes: each side is open or has a policy admitting it.
+fn explain_allowed(lab: &Lab, policies: &[NetworkPolicy], flow: &Flow) -> String {
+    let (from, to, port, protocol) = flow;
+    let mut out =
+        "It is allowed: the probe got through. A flow passes only if the source's egress\n\
+                   policies and the destination's ingress policies both allow it.\n"
+            .to_owned();
+    out.push_str(&sides(lab, policies, from, to, " (one of these admits it)"));
+    let _ = writeln!(
+        out,
+        "\n  So {from} → {to} on {}/{port} passes both sides.",
+        protocol.as_str()
+    );
+    out
 }
 
 /// For each destination port, who may open it.
@@ -128,22 +250,43 @@ fn reachability(report: &Report) -> String {
     out
 }
 
-type Flow = (String, String, u16, Protocol);
+/// `(from, to, port, protocol)`, pods as `ns/name`.
+pub type Flow = (String, String, u16, Protocol);
 
-/// `FROM:TO:PORT/PROTO` if given and denied, else the first denied flow.
-fn pick_denied(report: &Report, wanted: Option<&str>) -> Option<Flow> {
-    let denied = report.results.iter().filter(|o| !o.allowed);
-    let as_flow = |o: &super::report::Outcome| (o.from.clone(), o.to.clone(), o.port, o.protocol);
-    if let Some(wanted) = wanted {
-        let found = denied
-            .clone()
-            .find(|o| format!("{}:{}:{}/{}", o.from, o.to, o.port, o.protocol.as_str()) == wanted);
-        if let Some(o) = found {
-            return Some(as_flow(o));
+/// The first denied flow of the report.
+fn first_denied(report: &Report) -> Option<Flow> {
+    report
+        .results
+        .iter()
+        .find(|o| !o.allowed)
+        .map(|o| (o.from.clone(), o.to.clone(), o.port, o.protocol))
+}
+
+/// Which policies isolate the source's egress and the destination's ingress; `isolated_note`
+/// follows the word "isolated by" when some do.
+fn sides(
+    lab: &Lab,
+    policies: &[NetworkPolicy],
+    from: &str,
+    to: &str,
+    isolated_note: &str,
+) -> String {
+    let mut out = String::new();
+    for (side, pod, ingress) in [("egress of", from, false), ("ingress of", to, true)] {
+        let selecting: Vec<&NetworkPolicy> = policies
+            .iter()
+            .filter(|p| selects(p, lab, pod) && applies(p, ingress))
+            .collect();
+        if selecting.is_empty() {
+            let _ = writeln!(out, "\n  {side} {pod}: open (no policy selects it)");
+            continue;
         }
-        eprintln!("({wanted} is not a denied flow here; explaining another one)");
+        let _ = writeln!(out, "\n  {side} {pod}: isolated by{isolated_note}");
+        for p in selecting {
+            let _ = writeln!(out, "    {:<40} {}", policy_id(p), description(p));
+        }
     }
-    denied.clone().next().map(as_flow)
+    out
 }
 
 fn explain(lab: &Lab, policies: &[NetworkPolicy], report: &Report, flow: &Flow) -> String {
@@ -154,20 +297,7 @@ fn explain(lab: &Lab, policies: &[NetworkPolicy], report: &Report, flow: &Flow) 
         "A flow passes only if the source's egress policies and the destination's ingress policies\n\
          both allow it; a pod no policy selects for a direction is open in that direction."
     );
-    for (side, pod, ingress) in [("egress of", from, false), ("ingress of", to, true)] {
-        let selecting: Vec<&NetworkPolicy> = policies
-            .iter()
-            .filter(|p| selects(p, lab, pod) && applies(p, ingress))
-            .collect();
-        if selecting.is_empty() {
-            let _ = writeln!(out, "\n  {side} {pod}: open (no policy selects it)");
-            continue;
-        }
-        let _ = writeln!(out, "\n  {side} {pod}: isolated by");
-        for p in selecting {
-            let _ = writeln!(out, "    {:<40} {}", policy_id(p), description(p));
-        }
-    }
+    out.push_str(&sides(lab, policies, from, to, ""));
     let ip = |id: &str| {
         lab.pods()
             .iter()
@@ -320,6 +450,63 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     use super::*;
+
+    #[test]
+    fn flows_parse_and_malformed_ones_are_refused() {
+        assert_eq!(
+            parse_flow("default/toolbox:shop/db:5432/TCP").unwrap(),
+            (
+                "default/toolbox".into(),
+                "shop/db".into(),
+                5432,
+                Protocol::Tcp
+            )
+        );
+        assert_eq!(parse_flow("a/b:c/d:53/UDP").unwrap().3, Protocol::Udp);
+        for (bad, why) in [
+            ("garbage", "three parts"),
+            ("default/toolbox:shop/db", "three parts"),
+            ("toolbox:shop/db:5432/TCP", "namespace/name"),
+            ("default/toolbox:shop/db/x:5432/TCP", "namespace/name"),
+            ("default/toolbox:shop/db:5432", "PORT/PROTOCOL"),
+            ("default/toolbox:shop/db:0/TCP", "port number"),
+            ("default/toolbox:shop/db:65536/TCP", "port number"),
+            ("default/toolbox:shop/db:http/TCP", "port number"),
+            ("default/toolbox:shop/db:5432/tcp", "TCP, UDP or SCTP"),
+            ("default/toolbox:shop/db:5432/ICMP", "TCP, UDP or SCTP"),
+        ] {
+            let message = parse_flow(bad).unwrap_err().to_string();
+            assert!(message.contains(why), "{bad}: {message}");
+            assert!(message.contains("FROM:TO:PORT/PROTOCOL"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_flow_the_lab_does_not_probe_is_refused() {
+        let app = crate::manifests::load_dir(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo/app"),
+        )
+        .unwrap();
+        let pods = super::super::plan::plan(app).unwrap().pods;
+        let flow = |s: &str| parse_flow(s).unwrap();
+        assert!(probed(&pods, &flow("default/toolbox:shop/db:5432/TCP")).is_ok());
+        for (bad, why) in [
+            ("default/nobody:shop/db:5432/TCP", "no pod default/nobody"),
+            ("default/toolbox:shop/nodb:5432/TCP", "no pod shop/nodb"),
+            ("shop/db:shop/db:5432/TCP", "to itself"),
+            (
+                "default/toolbox:shop/db:5433/TCP",
+                "does not serve TCP/5433",
+            ),
+            (
+                "default/toolbox:shop/db:5432/UDP",
+                "does not serve UDP/5432",
+            ),
+        ] {
+            let message = probed(&pods, &flow(bad)).unwrap_err().to_string();
+            assert!(message.contains(why), "{bad}: {message}");
+        }
+    }
 
     #[test]
     fn log_fields_are_read_through_colours_and_quotes() {

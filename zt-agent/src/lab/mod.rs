@@ -9,7 +9,8 @@
 //!  state: everything made is recorded under /run/zt-lab first; Drop, Ctrl-C and the next run undo it
 //! ```
 //! `zt-agent lab probe` runs the whole cycle once; `lab up` keeps the lab until Ctrl-C;
-//! `lab down` stops running labs and removes what killed ones left.
+//! `lab down` stops the caller's running labs and removes what killed ones left (`--all`: every
+//! user's).
 
 pub mod agent;
 pub mod demo;
@@ -73,10 +74,19 @@ pub fn main(command: LabCommand) -> Result<()> {
             }
         }
         LabCommand::Demo(args) => demo::run(args),
-        LabCommand::Down => {
+        LabCommand::Down(args) => {
             require_root()?;
-            for what in state::stop_all() {
+            let whose = if args.all {
+                state::Whose::All
+            } else {
+                state::Whose::User(state::caller())
+            };
+            let removed = state::stop(whose);
+            for what in &removed {
                 eprintln!("removed {what}");
+            }
+            if removed.is_empty() {
+                eprintln!("no lab of yours runs or was left behind (`--all`: every user's)");
             }
             Ok(())
         }
@@ -153,15 +163,19 @@ impl Lab {
             };
             servers.serve(&node.add_pod(addrs)?.netns, &pod.ports)?;
         }
-        let mut agent = Agent::start(
-            &node.netns,
-            &manifests,
-            &pin_root,
-            workdir.join("agent.log"),
-            signals,
+        let mut agent = state::spawn_recorded(
+            &run.0,
+            || {
+                Agent::start(
+                    &node.netns,
+                    &manifests,
+                    &pin_root,
+                    workdir.join("agent.log"),
+                    signals,
+                )
+            },
+            Agent::pid,
         )?;
-        let process = state::Process::of(agent.pid());
-        state::update(&run.0, |r| r.agent = process)?;
         agent.wait_ready(&node.netns, READY_TIMEOUT)?;
         report_notes(&node.netns);
         Ok(Self {

@@ -27,7 +27,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "TCP" => Some(Self::Tcp),
             "UDP" => Some(Self::Udp),

@@ -4,6 +4,10 @@
 //!
 //! A run is `<pid>-<seq>`. A record whose owner is no longer alive (same pid *and* start time, so a
 //! reused pid does not count) is a leftover, and the next lab removes it.
+//!
+//! Each record names its user: the login user who started it (`SUDO_UID` when root runs it
+//! through sudo, else the real uid). `lab down` stops and removes only the caller's labs;
+//! `lab down --all` every lab on the machine.
 
 use std::{
     collections::BTreeMap,
@@ -32,6 +36,9 @@ const BPFFS: &str = "/sys/fs/bpf";
 pub struct Record {
     pub run: String,
     pub owner: Process,
+    /// The login user who started the run (see [`caller`]); records without one are root's.
+    #[serde(default)]
+    pub user: u32,
     pub netns: Vec<String>,
     pub pin_root: Option<PathBuf>,
     pub agent: Option<Process>,
@@ -91,6 +98,7 @@ pub fn begin(run: &str) -> crate::Result<()> {
     let record = Record {
         run: run.to_owned(),
         owner,
+        user: caller(),
         ..Record::default()
     };
     std::fs::create_dir_all(STATE_DIR).map_err(|source| crate::Error::Io {
@@ -136,7 +144,7 @@ pub fn finish(run: &str) {
 /// the work dir, then the record itself. Idempotent.
 pub fn teardown(record: &Record) {
     if let Some(agent) = record.agent {
-        stop(agent);
+        stop_process(agent);
     }
     if let Some(pin_root) = &record.pin_root {
         let _ = std::fs::remove_dir_all(pin_root);
@@ -151,7 +159,7 @@ pub fn teardown(record: &Record) {
 }
 
 /// SIGTERM, then SIGKILL if it is still there after 5 s.
-pub fn stop(process: Process) {
+pub fn stop_process(process: Process) {
     if !process.alive() {
         return;
     }
@@ -228,17 +236,72 @@ pub fn remove_orphans(prefix: &str) -> Vec<String> {
     reaped
 }
 
-/// Asks every running lab to stop (SIGTERM: it tears itself down), waits for it, then reaps.
-pub fn stop_all() -> Vec<String> {
+/// The login user running this process: `SUDO_UID` when root runs it through sudo, else the
+/// real uid.
+pub fn caller() -> u32 {
+    let uid = nix::unistd::getuid().as_raw();
+    match std::env::var("SUDO_UID").ok().and_then(|u| u.parse().ok()) {
+        Some(sudo) if uid == 0 => sudo,
+        _ => uid,
+    }
+}
+
+/// Which labs `lab down` stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Whose {
+    /// Those of this login user.
+    User(u32),
+    /// Every lab on the machine, and every `ztlab-…` leftover of a dead process.
+    All,
+}
+
+impl Whose {
+    fn covers(self, record: &Record) -> bool {
+        match self {
+            Whose::User(user) => record.user == user,
+            Whose::All => true,
+        }
+    }
+}
+
+/// Asks the running labs `whose` says to stop (SIGTERM: each tears itself down), waits for
+/// them, then removes what dead ones of theirs left. Other users' labs are not touched.
+pub fn stop(whose: Whose) -> Vec<String> {
     let mut stopped = Vec::new();
-    for record in records() {
+    for record in records().into_iter().filter(|r| whose.covers(r)) {
         if record.owner.alive() && record.owner.pid != std::process::id() {
-            stop(record.owner);
+            stop_process(record.owner);
             stopped.push(format!("lab {} (pid {})", record.run, record.owner.pid));
         }
     }
-    stopped.extend(reap_leftovers());
+    for record in records().into_iter().filter(|r| whose.covers(r)) {
+        if !record.owner.alive() {
+            teardown(&record);
+            stopped.push(format!("run {}", record.run));
+        }
+    }
+    if whose == Whose::All {
+        stopped.extend(remove_orphans(net::PREFIX));
+    }
     stopped
+}
+
+/// Runs `spawn` (which starts run `run`'s agent) and records the process it returns the pid
+/// of, holding the records' lock throughout: a signal's teardown, which takes the same lock,
+/// either runs before the agent exists or finds it recorded — never an agent it does not know
+/// of, that would go on pinning maps after the teardown removed the pin dir.
+pub fn spawn_recorded<T>(
+    run: &str,
+    spawn: impl FnOnce() -> crate::Result<T>,
+    pid: impl Fn(&T) -> u32,
+) -> crate::Result<T> {
+    let mut live = live().lock().expect("not poisoned");
+    let spawned = spawn()?;
+    if let Some(record) = live.get_mut(run) {
+        record.agent = Process::of(pid(&spawned));
+        save(record)?;
+    }
+    Ok(spawned)
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread — call it before any thread starts, so
