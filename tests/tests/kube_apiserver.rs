@@ -39,6 +39,37 @@ async fn serves_its_version_and_survives_a_restart() {
 }
 
 #[tokio::test]
+async fn the_uninstall_daemonset_is_accepted() {
+    let server = ApiServer::start().expect("start the API server");
+    server
+        .kubectl_stdin(&["apply", "-f", "-"], Some(&manifest()))
+        .expect("apply deploy/zt-agent.yaml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/zt-uninstall.yaml");
+    let uninstall =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    server
+        .kubectl_stdin(&["apply", "-f", "-"], Some(&uninstall))
+        .expect("apply deploy/zt-uninstall.yaml");
+    let client = server.client(User::Admin).await.expect("admin client");
+    let ds = Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client, "zt-system")
+        .get("zt-uninstall")
+        .await
+        .expect("the uninstall DaemonSet exists");
+    let spec = ds.spec.and_then(|s| s.template.spec).expect("a pod spec");
+    let init = &spec.init_containers.expect("an init container")[0];
+    assert_eq!(
+        init.args.as_deref().unwrap_or_default()[0],
+        "uninstall",
+        "it runs zt-agent uninstall"
+    );
+    assert_eq!(
+        spec.host_network,
+        Some(true),
+        "in the host's network namespace"
+    );
+}
+
+#[tokio::test]
 async fn deploy_manifest_is_accepted_and_its_role_reads_but_never_writes() {
     let server = ApiServer::start().expect("start the API server");
     server

@@ -122,11 +122,7 @@ fn container_ports(
                 format!("{} must be between 1 and 65535", port.container_port),
             ));
         }
-        if let Some(protocol) = &port.protocol {
-            if !PROTOCOLS.contains(&protocol.as_str()) {
-                out.push((at.key("protocol"), not_supported(protocol, &PROTOCOLS)));
-            }
-        }
+        protocol(port.protocol.as_deref(), &at, out);
         if let Some(name) = &port.name {
             if let Some(why) = syntax::port_name(name) {
                 out.push((at.key("name"), why));
@@ -198,11 +194,7 @@ fn rule_parts(
 }
 
 fn policy_port(port: &NetworkPolicyPort, at: &FieldPath, out: &mut Problems) {
-    if let Some(protocol) = &port.protocol {
-        if !PROTOCOLS.contains(&protocol.as_str()) {
-            out.push((at.key("protocol"), not_supported(protocol, &PROTOCOLS)));
-        }
-    }
+    protocol(port.protocol.as_deref(), at, out);
     let number = match &port.port {
         Some(IntOrString::Int(n)) => {
             if !(1..=65535).contains(n) {
@@ -361,16 +353,25 @@ fn meta(
             }
         }
     }
-    if let Some(ns) = meta.namespace.as_deref().filter(|_| namespaced) {
-        if let Some(why) = syntax::dns_label(ns) {
-            out.push((at.key("namespace"), why));
-        }
+    if let Some(ns) = meta.namespace.as_deref().filter(|_| namespaced)
+        && let Some(why) = syntax::dns_label(ns)
+    {
+        out.push((at.key("namespace"), why));
     }
     labels(meta.labels.as_ref(), &at.key("labels"), out);
     for k in meta.annotations.iter().flatten().map(|(k, _)| k) {
         if let Some(why) = syntax::qualified_name(k) {
             out.push((at.key("annotations").key(k), why));
         }
+    }
+}
+
+/// A `protocol` field, if given: TCP, UDP or SCTP.
+fn protocol(protocol: Option<&str>, at: &FieldPath, out: &mut Problems) {
+    if let Some(p) = protocol
+        && !PROTOCOLS.contains(&p)
+    {
+        out.push((at.key("protocol"), not_supported(p, &PROTOCOLS)));
     }
 }
 
