@@ -32,8 +32,8 @@ pub struct PinRootLock {
 }
 
 impl PinRootLock {
-    /// Takes the lock of `pin_root` (created if missing, so its path can be made canonical) in
-    /// `lock_dir`, or says who holds it.
+    /// Takes the lock of `pin_root` (created if missing, so its path can be made canonical; the
+    /// agent has put it on bpffs before) in `lock_dir`, or says who holds it.
     pub fn acquire(lock_dir: &Path, pin_root: &Path) -> Result<Self> {
         let io = |path: &Path| {
             let path = path.to_path_buf();

@@ -112,7 +112,9 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
     health.set(Some("starting".into()));
     health.beat();
 
-    // Held until the process exits: one agent per pin root.
+    // Held until the process exits: one agent per pin root. The pin root must be on its bpffs
+    // first (mounted where missing), so the lock names the directory the maps will live in.
+    bpffs::ensure_pin_root(&args.pin_root)?;
     let lock = lock::PinRootLock::acquire(&args.lock_dir, &args.pin_root)?;
     tracing::info!(lock = %lock.path.display(), "holding the pin root's lock");
     let loading = std::time::Instant::now();
