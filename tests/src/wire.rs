@@ -108,6 +108,25 @@ pub fn has_ports(protocol: u8) -> bool {
     matches!(protocol, 6 | 17 | 132)
 }
 
+/// The addresses of an IP frame's fixed header, however malformed the rest.
+pub fn addresses(frame: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    let ip = frame.get(ETH_HLEN..)?;
+    match be16(frame, 12)? {
+        0x0800 if ip.len() >= 20 => Some((
+            IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15])),
+            IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19])),
+        )),
+        0x86dd if ip.len() >= 40 => {
+            let addr = |at: usize| {
+                let octets: [u8; 16] = ip[at..at + 16].try_into().expect("16 bytes");
+                IpAddr::V6(Ipv6Addr::from(octets))
+            };
+            Some((addr(8), addr(24)))
+        }
+        _ => None,
+    }
+}
+
 /// Reads an Ethernet frame.
 pub fn read(frame: &[u8]) -> Frame {
     let Some(ethertype) = be16(frame, 12) else {

@@ -197,6 +197,7 @@ fn judge(
     state: &DatapathState,
     admitted: &Admitted,
     hook: Hook,
+    bytes: &[u8],
     frame: &Frame,
     run: &Run,
 ) -> Result<Option<Flow>, String> {
@@ -217,6 +218,34 @@ fn judge(
     }
     if reason::is_drop(code) {
         return Ok(None);
+    }
+    let direction_of = |src, dst| match hook {
+        Hook::FromPod => (direction::EGRESS, src, dst),
+        _ => (direction::INGRESS, dst, src),
+    };
+    // A pod no policy isolates in this direction may receive or send anything, malformed or
+    // not: Kubernetes' default. Only its address has to read right.
+    if code == reason::ALLOW_NOT_ISOLATED {
+        let Some((src, dst)) = wire::addresses(bytes) else {
+            return Err(format!(
+                "allow_not_isolated for a frame without addresses: {frame:?}"
+            ));
+        };
+        let (direction, local, peer) = direction_of(src, dst);
+        let packet = model::Packet {
+            direction,
+            local,
+            peer,
+            protocol: 0,
+            port: 0,
+        };
+        if model::decide(state, true, &packet).reason != reason::ALLOW_NOT_ISOLATED {
+            return Err(format!("allow_not_isolated, but {local} is isolated there"));
+        }
+        return Ok(match frame {
+            Frame::Ip(ip) if !ip.is_later_fragment() => ip.flow(),
+            _ => None,
+        });
     }
     let ip = match frame {
         Frame::NonIp if code == reason::ALLOW_NON_IP => return Ok(None),
@@ -269,10 +298,7 @@ fn judge(
             _ => Err(format!("allow_ct_related for {ip:?}")),
         },
         _ => {
-            let (dir, local, peer) = match hook {
-                Hook::FromPod => (direction::EGRESS, flow.src, flow.dst),
-                _ => (direction::INGRESS, flow.dst, flow.src),
-            };
+            let (dir, local, peer) = direction_of(flow.src, flow.dst);
             let verdict = model::decide(
                 state,
                 true,
@@ -309,7 +335,8 @@ fn fuzz(cluster: &Cluster, seed: u64) -> Result<(), TestCaseError> {
     let mut bad = Vec::new();
     let (mut tested, mut untestable) = (0usize, 0usize);
     for (i, (src, dst, port, protocol)) in all.into_iter().enumerate().step_by(step) {
-        let packet = base(src, dst, 20_000 + (i % 40_000) as u16, port, protocol);
+        let sport = 20_000 + (i % 40_000) as u16;
+        let packet = base(src, dst, sport, port, protocol);
         let bytes = mutate(&mut rng, packet.clone(), &sent);
         sent.push(packet);
         // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header plus the IP header
@@ -327,8 +354,8 @@ fn fuzz(cluster: &Cluster, seed: u64) -> Result<(), TestCaseError> {
         tested += 1;
         let frame = wire::read(&bytes);
         let verdicts = [
-            judge(state, &admitted, Hook::FromPod, &frame, &egress),
-            judge(state, &admitted, Hook::ToPod, &frame, &ingress),
+            judge(state, &admitted, Hook::FromPod, &bytes, &frame, &egress),
+            judge(state, &admitted, Hook::ToPod, &bytes, &frame, &ingress),
         ];
         for (hook, verdict) in ["egress", "ingress"].iter().zip(&verdicts) {
             if let Err(why) = verdict {
@@ -350,6 +377,28 @@ fn fuzz(cluster: &Cluster, seed: u64) -> Result<(), TestCaseError> {
             ) {
                 bad.push(format!("both hooks allowed {flow:?}, the oracle denies it"));
             }
+        }
+        // Whatever the kernel admitted of this packet, it may have recorded under the tuple the
+        // packet was built with, before any mutation: replies and errors to it are related.
+        if egress.allowed() || ingress.allowed() {
+            let protocol = compiled::protocol_number(protocol);
+            let v6_icmp = if src.is_ipv6() && protocol == 1 {
+                58
+            } else {
+                protocol
+            };
+            let (sport, dport) = if wire::has_ports(protocol) {
+                (sport, port)
+            } else {
+                (sport, 0)
+            };
+            admitted.flows.insert(Flow {
+                src,
+                dst,
+                protocol: v6_icmp,
+                sport,
+                dport,
+            });
         }
         for (verdict, run) in verdicts.iter().zip([&egress, &ingress]) {
             if let (Ok(Some(flow)), true) = (verdict, run.allowed()) {
