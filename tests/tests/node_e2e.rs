@@ -179,7 +179,8 @@ impl Suite {
     }
 
     fn apply_agent(&self, tag: &str) -> anyhow::Result<()> {
-        let deploy = env("ZT_DEPLOY_DIR")?;
+        // kustomize takes resources by relative path only.
+        let deploy = format!("../../..{}", env("ZT_DEPLOY_DIR")?);
         let overlay = Path::new(DIR).join("overlay");
         fs::create_dir_all(&overlay)?;
         fs::write(
@@ -686,8 +687,7 @@ fn mismatches(
 }
 
 /// A shell script that probes every other pod on TCP/UDP 80/81 at once and prints one line per
-/// probe. TCP: the server writes its hostname and closes, so output means connected. UDP: the
-/// server answers a datagram with its hostname.
+/// probe (`zt-netprobe`: TCP connects; UDP is answered by agnhost `serve-hostname --udp`).
 fn probe_script(from: &str, ips: &BTreeMap<String, String>) -> String {
     let mut script = String::new();
     for (to, ip) in ips {
@@ -695,11 +695,12 @@ fn probe_script(from: &str, ips: &BTreeMap<String, String>) -> String {
             continue;
         }
         for port in [80, 81] {
-            let _ = write!(
-                script,
-                "( r=$(nc -w 2 {ip} {port} </dev/null 2>/dev/null); [ -n \"$r\" ] && echo ok {to} TCP {port} || echo no {to} TCP {port} ) & \
-                 ( r=$(echo x | nc -u -w 2 {ip} {port} 2>/dev/null); [ -n \"$r\" ] && echo ok {to} UDP {port} || echo no {to} UDP {port} ) & "
-            );
+            for (proto, name) in [("tcp", "TCP"), ("udp", "UDP")] {
+                let _ = write!(
+                    script,
+                    "echo $(/zt-netprobe probe {proto} {ip} {port}) {to} {name} {port} & "
+                );
+            }
         }
     }
     script.push_str("wait");
@@ -727,12 +728,12 @@ fn cluster_yaml() -> String {
     for ns in NAMESPACES {
         let _ = write!(
             out,
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n---\n"
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: \"{ns}\", labels: {{ns: \"{ns}\"}}}}\n---\n"
         );
         for pod in PODS {
             let _ = write!(
                 out,
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, labels: {{pod: {pod}}}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:{}\n---\n",
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: \"{pod}\", namespace: \"{ns}\", labels: {{pod: \"{pod}\"}}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:{}\n---\n",
                 server_containers()
             );
         }
@@ -753,12 +754,11 @@ fn traffic_pods(target: &str, out: &Path) -> String {
     let mut yaml = String::new();
     for (ns, name) in [("y", "stream"), ("z", "leak")] {
         fs::create_dir_all(out.join(name)).expect("traffic dir");
-        let script = format!(
-            "i=0; while [ ! -f /out/stop ]; do echo $i; i=$((i+1)); sleep 0.05; done | tee -a /out/{name}/sent | nc -u -w 3 -p 40000 {target} 81 >> /out/{name}/received"
-        );
+        let script =
+            format!("exec /zt-netprobe stream {target} 81 40000 /out/{name}/counts /out/stop");
         let _ = write!(
             yaml,
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{traffic: \"true\", pod: {name}}}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n    - name: send\n      image: {IMAGE}\n      imagePullPolicy: Never\n      command: [/bin/sh, -c, {script:?}]\n      volumeMounts: [{{name: out, mountPath: /out}}]\n  volumes: [{{name: out, hostPath: {{path: {}, type: Directory}}}}]\n---\n",
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: \"{ns}\", labels: {{traffic: \"true\", pod: {name}}}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n    - name: send\n      image: {IMAGE}\n      imagePullPolicy: Never\n      command: [/bin/sh, -c, {script:?}]\n      volumeMounts: [{{name: out, mountPath: /out}}]\n  volumes: [{{name: out, hostPath: {{path: {}, type: Directory}}}}]\n---\n",
             out.display()
         );
     }
@@ -778,7 +778,7 @@ kind: NetworkPolicy
 metadata: {name: allow-from-y, namespace: x}
 spec:
   podSelector: {matchLabels: {pod: a}}
-  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]}]
 ";
 
 const NAMED_PORT: &str = "
@@ -797,7 +797,7 @@ metadata: {name: egress-to-y, namespace: x}
 spec:
   podSelector: {matchLabels: {pod: a}}
   policyTypes: [Egress]
-  egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}}]}]
+  egress: [{to: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]}]
 ";
 
 const AND_PEER: &str = "
@@ -806,7 +806,7 @@ kind: NetworkPolicy
 metadata: {name: allow-y-b, namespace: x}
 spec:
   podSelector: {matchLabels: {pod: a}}
-  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]}]
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'y'}}, podSelector: {matchLabels: {pod: b}}}]}]
 ";
 
 /// x/a accepts UDP/81 from namespace y only (so y/stream is allowed and z/leak is not).
@@ -816,5 +816,5 @@ kind: NetworkPolicy
 metadata: {name: stream, namespace: x}
 spec:
   podSelector: {matchLabels: {pod: a}}
-  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: 81, protocol: UDP}]}]
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}], ports: [{port: 81, protocol: UDP}]}]
 ";

@@ -86,8 +86,20 @@ pub fn node() -> anyhow::Result<()> {
     })?;
     let pause = images.join("pause.tar");
     image::pause_image(NODE_PAUSE_IMAGE, &bin_dir.join("pause-v1.20.2"), &pause)?;
+    cmd::run(Command::new("cargo").args([
+        "build",
+        "--package",
+        "zt-tests",
+        "--bin",
+        "zt-netprobe",
+    ]))?;
     let agnhost = images.join("agnhost.tar");
-    image::agnhost_image(AGNHOST_IMAGE, &bin_dir.join("agnhost-v1.20.2"), &agnhost)?;
+    image::agnhost_image(
+        AGNHOST_IMAGE,
+        &bin_dir.join("agnhost-v1.20.2"),
+        &cmd::target_dir().join("debug/zt-netprobe"),
+        &agnhost,
+    )?;
 
     let root = cmd::workspace_root();
     let mut cargo = Command::new("cargo");

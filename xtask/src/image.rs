@@ -151,9 +151,15 @@ pub fn pause_image(reference: &str, pause: &Path, out: &Path) -> anyhow::Result<
     )
 }
 
-/// The test servers' image, as upstream's e2e suite names it: `/agnhost` (a static Go binary)
-/// and Debian's busybox-static with its applets (`sh`, `nc`, `timeout`, … for probes).
-pub fn agnhost_image(reference: &str, agnhost: &Path, out: &Path) -> anyhow::Result<()> {
+/// The test servers' image, as upstream's e2e suite names it: `/agnhost` (a static Go binary),
+/// Debian's busybox-static with its applets (`sh`, `cat`, …), and the node tier's TCP/UDP client
+/// `/zt-netprobe` with its libraries (busybox's `nc` has no UDP).
+pub fn agnhost_image(
+    reference: &str,
+    agnhost: &Path,
+    netprobe: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
     let busybox = Path::new("/bin/busybox");
     let applets = cmd::output(Command::new(busybox).arg("--list-full"))
         .context("busybox --list-full (package busybox-static)")?;
@@ -172,6 +178,7 @@ pub fn agnhost_image(reference: &str, agnhost: &Path, out: &Path) -> anyhow::Res
         ),
         archive::File::regular("tmp/.keep", Vec::new(), 0o644),
     ];
+    files.extend(binary_with_libraries(netprobe, "zt-netprobe")?);
     for applet in applets.split_whitespace() {
         if applet != "bin/busybox" && applet.contains('/') {
             files.push(archive::File::symlink(applet, "/bin/busybox"));
