@@ -95,12 +95,20 @@ fn main() {
         })
     });
     suite.check(
+        "agent resource use (for requests and limits)",
+        Suite::resources,
+    );
+    suite.check(
         "continuity: agent pod deleted, DaemonSet rolled to a new tag, kubelet and containerd restarted",
         Suite::continuity,
     );
     suite.check(
         "a pod created while the agent is down is enforced once it is back",
         Suite::pod_while_down,
+    );
+    suite.check(
+        "each added capability is needed (the agent fails without it)",
+        Suite::capabilities,
     );
     let Suite {
         node,
@@ -251,9 +259,13 @@ patches:
             "-l",
             "app.kubernetes.io/component=agent",
             "-o",
-            "jsonpath={.items[0].metadata.name}",
+            "jsonpath={.items[*].metadata.name}",
         ])?;
-        Ok(name.trim().to_owned())
+        Ok(name
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned())
     }
 
     /// /metrics, from the node's loopback (where the agent listens).
@@ -290,7 +302,12 @@ patches:
             ])?;
         }
         self.ips = self.pod_ips()?;
-        ensure!(self.ips.len() == 9, "pod addresses: {:?}", self.ips);
+        let servers = self
+            .ips
+            .keys()
+            .filter(|k| k.split('/').nth(1).is_some_and(|p| PODS.contains(&p)))
+            .count();
+        ensure!(servers == 9, "pod addresses: {:?}", self.ips);
         // Every pod's interface carries the pair: the agent says so once ready again.
         let t0 = Instant::now();
         loop {
@@ -322,7 +339,12 @@ patches:
         Ok(out
             .lines()
             .filter_map(|l| l.split_once('='))
-            .filter(|(_, ip)| !ip.is_empty())
+            .filter(|(pod, ip)| {
+                !ip.is_empty()
+                    && NAMESPACES
+                        .iter()
+                        .any(|ns| pod.starts_with(&format!("{ns}/")))
+            })
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect())
     }
@@ -466,11 +488,20 @@ patches:
         while count("stream").1 < 20 {
             ensure!(
                 t0.elapsed() < CONVERGE,
-                "the allowed stream does not flow: {:?}",
-                count("stream")
+                "the allowed stream does not flow: stream {:?}, leak {:?}",
+                count("stream"),
+                count("leak")
             );
             thread::sleep(Duration::from_millis(100));
         }
+        // Counted from here: both flows are established (or refused) before any disruption.
+        thread::sleep(Duration::from_secs(2));
+        let (sent0, received0) = count("stream");
+        let (leak_sent0, leaked0) = count("leak");
+        eprintln!(
+            "streams flowing after {:.1} s: stream {sent0} sent / {received0} answered, leak {leak_sent0} / {leaked0}",
+            t0.elapsed().as_secs_f64()
+        );
         let mut report = String::new();
         let mut phase = |suite: &mut Suite,
                          what: &str,
@@ -530,6 +561,9 @@ patches:
         thread::sleep(Duration::from_secs(4));
         let (sent, received) = count("stream");
         let (leak_sent, leaked) = count("leak");
+        // The window: from the baseline (both counters written at the same datagram) to the end.
+        let (sent, received) = (sent - sent0, received - received0);
+        let (leak_sent, leaked) = (leak_sent - leak_sent0, leaked - leaked0);
         let lost = sent.saturating_sub(received);
         eprintln!(
             "continuity:\n{report}  allowed flow y/stream → x/a UDP/81: {sent} sent, {received} answered, {lost} lost\n  denied flow z/leak → x/a UDP/81: {leak_sent} sent, {leaked} answered (leaked)"
@@ -631,6 +665,137 @@ patches:
         Ok(())
     }
 
+    /// The agent process's peak RSS and CPU time since it started (from /proc on the host).
+    fn resources(&mut self) -> anyhow::Result<()> {
+        let pid = agent_pid()?;
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kb = |key: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks = 100.0; // USER_HZ
+        let cpu = (fields[11].parse::<f64>()? + fields[12].parse::<f64>()?) / ticks;
+        let started = fields[19].parse::<f64>()? / ticks;
+        let uptime: f64 = fs::read_to_string("/proc/uptime")?
+            .split_whitespace()
+            .next()
+            .context("uptime")?
+            .parse()?;
+        let age = uptime - started;
+        eprintln!(
+            "agent (pid {pid}): RSS {:.1} MiB, peak {:.1} MiB; CPU {cpu:.2} s over {age:.0} s = {:.0} m on average",
+            kb("VmRSS:") as f64 / 1024.0,
+            kb("VmHWM:") as f64 / 1024.0,
+            1000.0 * cpu / age.max(1.0)
+        );
+        ensure!(kb("VmHWM:") > 0, "no RSS figure");
+        Ok(())
+    }
+
+    /// Takes each added capability out of the DaemonSet in turn: the agent must then fail (not
+    /// become Ready); its log says why. The manifest is restored after each.
+    fn capabilities(&mut self) -> anyhow::Result<()> {
+        const ADDED: [&str; 3] = ["BPF", "NET_ADMIN", "PERFMON"];
+        let mut report = String::new();
+        for dropped in ADDED {
+            let kept: Vec<String> = ADDED
+                .iter()
+                .filter(|c| **c != dropped)
+                .map(|c| format!("\"{c}\""))
+                .collect();
+            self.node.kubectl(&[
+                "-n", "zt-system", "patch", "ds/zt-agent", "--type=json", "-p",
+                &format!(r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/securityContext/capabilities/add","value":[{}]}}]"#, kept.join(",")),
+            ])?;
+            thread::sleep(Duration::from_secs(2));
+            let t0 = Instant::now();
+            let mut ready = false;
+            while t0.elapsed() < Duration::from_secs(40) {
+                if self.agent_ready_now() && self.agent_caps_are(&kept) {
+                    ready = true;
+                    break;
+                }
+                thread::sleep(Duration::from_millis(500));
+            }
+            let log = self
+                .node
+                .kubectl(&["-n", "zt-system", "logs", "ds/zt-agent", "--tail=200"])
+                .unwrap_or_default();
+            let why = log
+                .lines()
+                .find(|l| l.contains("ERROR") || l.contains("WARN") || l.contains("Error:"))
+                .unwrap_or("(no error line)")
+                .chars()
+                .take(300)
+                .collect::<String>();
+            let _ = writeln!(
+                report,
+                "  without {dropped}: {}; {why}",
+                if ready { "Ready" } else { "not Ready" }
+            );
+            // Restore.
+            self.apply_agent(&self.current_tag()?)?;
+            self.node.kubectl(&[
+                "-n", "zt-system", "patch", "ds/zt-agent", "--type=json", "-p",
+                r#"[{"op":"replace","path":"/spec/template/spec/containers/0/securityContext/capabilities/add","value":["BPF","NET_ADMIN","PERFMON"]}]"#,
+            ])?;
+            thread::sleep(Duration::from_secs(2));
+            self.wait_agent_ready(Duration::from_secs(120))?;
+            ensure!(
+                !ready,
+                "the agent became Ready without {dropped}:\n{report}"
+            );
+        }
+        eprintln!("capabilities:\n{report}");
+        Ok(())
+    }
+
+    fn current_tag(&self) -> anyhow::Result<String> {
+        let image = self.node.kubectl(&[
+            "-n",
+            "zt-system",
+            "get",
+            "ds/zt-agent",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])?;
+        Ok(image
+            .rsplit_once(':')
+            .context("image tag")?
+            .1
+            .trim()
+            .to_owned())
+    }
+
+    /// Whether the running agent pod's spec adds exactly `caps`.
+    fn agent_caps_are(&self, caps: &[String]) -> bool {
+        self.node
+            .kubectl(&[
+                "-n",
+                "zt-system",
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/component=agent",
+                "-o",
+                "jsonpath={.items[0].spec.containers[0].securityContext.capabilities.add}",
+            ])
+            .is_ok_and(|s| {
+                let got: serde_json::Value = serde_json::from_str(&s).unwrap_or_default();
+                got.as_array().is_some_and(|a| a.len() == caps.len())
+            })
+    }
+
     fn agent_ready_now(&self) -> bool {
         self.node
             .kubectl(&[
@@ -645,6 +810,21 @@ patches:
             ])
             .is_ok_and(|s| s.trim() == "True")
     }
+}
+
+/// The pid of the (one) agent process on this host.
+fn agent_pid() -> anyhow::Result<u32> {
+    for entry in fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.starts_with("/usr/local/bin/zt-agent run") && cmdline.contains(AGENT_PIN_ROOT) {
+            return Ok(pid);
+        }
+    }
+    bail!("no agent process")
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {

@@ -205,24 +205,29 @@ fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
 
 /// The agent and every library `ldd` names, each at the path the loader looks for it.
 fn files(agent: &Path) -> anyhow::Result<Vec<archive::File>> {
-    let ldd = cmd::output(Command::new("ldd").arg(agent))
-        .with_context(|| format!("ldd {} failed", agent.display()))?;
+    binary_with_libraries(agent, AGENT_PATH)
+}
+
+/// `binary` at `path` in the image, and every library `ldd` names for it.
+fn binary_with_libraries(binary: &Path, path: &str) -> anyhow::Result<Vec<archive::File>> {
+    let ldd = cmd::output(Command::new("ldd").arg(binary))
+        .with_context(|| format!("ldd {} failed", binary.display()))?;
     if ldd.contains("not found") {
         bail!(
             "{} needs a library this machine lacks:\n{ldd}",
-            agent.display()
+            binary.display()
         );
     }
     let libraries = libraries(&ldd);
     if !libraries.iter().any(|l| l.contains("ld-linux")) {
         bail!(
             "ldd names no dynamic loader for {}:\n{ldd}",
-            agent.display()
+            binary.display()
         );
     }
     let read =
         |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
-    let mut files = vec![archive::File::regular(AGENT_PATH, read(agent)?, 0o755)];
+    let mut files = vec![archive::File::regular(path, read(binary)?, 0o755)];
     for library in libraries {
         // Symlinks are followed: the file lands under the name the loader asks for.
         files.push(archive::File::regular(
