@@ -516,33 +516,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 impl Drop for Node {
     fn drop(&mut self) {
         let t0 = Instant::now();
-        // Pods first, through the kubelet, so it removes their sandboxes and namespaces.
-        if self.procs.iter().any(|(c, _)| *c == Component::Kubelet) {
-            let _ = run(Command::new("timeout")
-                .args(["60", "kubectl"])
-                .arg(format!("--kubeconfig={}", self.kubeconfig().display()))
-                .args([
-                    "delete",
-                    "namespace",
-                    "x",
-                    "y",
-                    "z",
-                    "zt-system",
-                    "--ignore-not-found",
-                    "--wait=false",
-                ]));
-            let _ = run(Command::new("timeout")
-                .args(["60", "kubectl"])
-                .arg(format!("--kubeconfig={}", self.kubeconfig().display()))
-                .args([
-                    "delete",
-                    "pods",
-                    "--all",
-                    "--all-namespaces",
-                    "--grace-period=1",
-                    "--wait=true",
-                ]));
-        }
+        // The kubelet goes first (it would restart what is stopped below); containers, their
+        // sandboxes' namespaces and mounts are removed directly, as after a killed run.
         let order = [
             Component::Kubelet,
             Component::Scheduler,

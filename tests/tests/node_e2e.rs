@@ -471,17 +471,11 @@ patches:
                 "--timeout=60s",
             ])?;
         }
-        let count = |name: &str| -> (usize, usize) {
-            let read = |f: &str| {
-                fs::read(out.join(name).join(f))
-                    .map(|b| b.len())
-                    .unwrap_or(0)
-            };
-            // sent: one line per datagram ("1234\n"); received: one "a" per reply.
-            let sent = fs::read_to_string(out.join(name).join("sent"))
-                .map(|s| s.lines().count())
-                .unwrap_or(0);
-            (sent, read("received"))
+        // "sent received", written by zt-netprobe in the pod.
+        let count = |name: &str| -> (u64, u64) {
+            let text = fs::read_to_string(out.join(name).join("counts")).unwrap_or_default();
+            let mut numbers = text.split_whitespace().map(|n| n.parse().unwrap_or(0));
+            (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
         };
         // The allowed stream must flow before anything is disrupted.
         let t0 = Instant::now();
