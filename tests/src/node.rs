@@ -577,8 +577,13 @@ fn teardown(netns_before: &BTreeSet<String>, procs: Option<Vec<(Component, Child
     };
     let kubelet_pid = dir("kubelet.pid");
     kill_pidfile(&kubelet_pid);
-    // Leftover containers (the kubelet normally stops them).
+    // Leftover containers (the kubelet normally stops them); their ids name go-cni's cache files.
+    let mut ids: Vec<String> = Vec::new();
     if Path::new(&sock).exists() {
+        ids = ctr(&["containers", "ls", "-q"])
+            .lines()
+            .map(str::to_owned)
+            .collect();
         for task in ctr(&["tasks", "ls", "-q"]).lines() {
             ctr(&["tasks", "kill", "-s", "KILL", task]);
         }
@@ -623,13 +628,14 @@ fn teardown(netns_before: &BTreeSet<String>, procs: Option<Vec<(Component, Child
                 continue;
             };
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.starts_with("/usr/bin/containerd-shim") && cmdline.contains(&sock) {
-                if let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+            if cmdline.starts_with("/usr/bin/containerd-shim")
+                && cmdline.contains(&sock)
+                && let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>()
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -675,9 +681,9 @@ fn teardown(netns_before: &BTreeSet<String>, procs: Option<Vec<(Component, Child
     }
     if let Ok(results) = fs::read_dir("/var/lib/cni/results") {
         for r in results.flatten() {
-            if r.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{NETWORK}-"))
+            let name = r.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{NETWORK}-"))
+                || ids.iter().any(|id| name.contains(id.as_str()))
             {
                 let _ = fs::remove_file(r.path());
             }

@@ -657,7 +657,10 @@ patches:
             window.as_secs_f64(),
             ready_after.as_secs_f64()
         );
-        ensure!(open_while_down, "x/late was not reachable while the agent was down: the window was not measured");
+        ensure!(
+            open_while_down,
+            "x/late was not reachable while the agent was down: the window was not measured"
+        );
         Ok(())
     }
 

@@ -37,16 +37,13 @@ pub fn run(which: Which) -> anyhow::Result<()> {
     }
 }
 
-/// What the node tier installs from Debian: (package, a file it provides).
+/// What the node tier installs from Debian: (package, a command it provides).
 const NODE_PACKAGES: &[(&str, &str)] = &[
-    ("containerd", "/usr/bin/containerd"),
-    ("runc", "/usr/sbin/runc"),
+    ("containerd", "containerd"),
+    ("runc", "runc"),
     ("containernetworking-plugins", "/usr/lib/cni/bridge"),
     ("busybox-static", "/bin/busybox"),
-    ("etcd-server", "/usr/bin/etcd"),
-    ("openssl", "/usr/bin/openssl"),
-    ("curl", "/usr/bin/curl"),
-    ("kubernetes-client", "/usr/bin/kubectl"),
+    ("curl", "curl"),
 ];
 
 /// The Kubernetes binaries the node runs, from deploy/build-kube.sh.
@@ -61,8 +58,11 @@ const NODE_BINARIES: &[&str] = &[
 
 pub fn node() -> anyhow::Result<()> {
     cmd::require_root("cargo xtask e2e node")?;
-    toolchain::ensure_debian_packages()?;
-    toolchain::ensure_packages(NODE_PACKAGES)?;
+    toolchain::ensure_debian_packages(&[
+        toolchain::LAB_PACKAGES,
+        toolchain::TEST_PACKAGES,
+        NODE_PACKAGES,
+    ])?;
     let mut bin_dir = None;
     for name in NODE_BINARIES {
         let path = kube_binary(name)?;

@@ -81,23 +81,3 @@ pub fn ensure_debian_packages(sets: &[Packages]) -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
-
-/// Installs the Debian packages of `packages` (package, a file it provides) whose file is missing.
-pub fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .filter(|(_, file)| !std::path::Path::new(file).exists())
-        .map(|(pkg, _)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("installing Debian packages: {}", missing.join(" "));
-    cmd::run(Command::new("apt-get").arg("update").arg("-q"))?;
-    cmd::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-}
