@@ -233,7 +233,7 @@ fn the_proxy_reaches_the_server_from_a_namespace_and_cuts_on_demand() {
 }
 
 /// Every manifest of deploy/ — the kustomization (`kubectl kustomize deploy/`, what `kubectl
-/// apply -k deploy/` applies) and the demo's — passes `kubectl apply --dry-run=server`: the API
+/// apply -k deploy/` applies), the uninstall DaemonSet and the demo's — passes `kubectl apply --dry-run=server`: the API
 /// server's own validation and defaulting, with nothing stored. Namespaces are created first
 /// (a server-side dry run of an object in a namespace that does not exist yet fails).
 #[tokio::test]
@@ -254,6 +254,11 @@ async fn every_deploy_manifest_passes_a_server_side_dry_run() {
         "kubectl kustomize deploy/".to_owned(),
         String::from_utf8(kustomized.stdout).unwrap(),
     )];
+    // Outside the kustomization: the uninstall DaemonSet (docs/operations.md).
+    sets.push((
+        "deploy/zt-uninstall.yaml".to_owned(),
+        std::fs::read_to_string(deploy.join("zt-uninstall.yaml")).unwrap(),
+    ));
     for dir in ["demo/app", "demo/zero-trust"] {
         let mut files: Vec<_> = std::fs::read_dir(deploy.join(dir))
             .unwrap()
