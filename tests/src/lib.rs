@@ -5,6 +5,7 @@ pub mod bench;
 pub mod chaos;
 pub mod kernel;
 pub mod lab_support;
+pub mod node;
 pub mod oracle;
 pub mod packet;
 pub mod wire;

@@ -231,3 +231,84 @@ fn the_proxy_reaches_the_server_from_a_namespace_and_cuts_on_demand() {
         "back after the partition"
     );
 }
+
+/// Every manifest of deploy/ — the kustomization (`kubectl kustomize deploy/`, what `kubectl
+/// apply -k deploy/` applies), the uninstall DaemonSet and the demo's — passes `kubectl apply --dry-run=server`: the API
+/// server's own validation and defaulting, with nothing stored. Namespaces are created first
+/// (a server-side dry run of an object in a namespace that does not exist yet fails).
+#[tokio::test]
+async fn every_deploy_manifest_passes_a_server_side_dry_run() {
+    let server = ApiServer::start().expect("start the API server");
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let kustomized = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&deploy)
+        .output()
+        .expect("kubectl kustomize");
+    assert!(
+        kustomized.status.success(),
+        "kubectl kustomize deploy/: {}",
+        String::from_utf8_lossy(&kustomized.stderr)
+    );
+    let mut sets = vec![(
+        "kubectl kustomize deploy/".to_owned(),
+        String::from_utf8(kustomized.stdout).unwrap(),
+    )];
+    // Outside the kustomization: the uninstall DaemonSet (docs/operations.md).
+    sets.push((
+        "deploy/zt-uninstall.yaml".to_owned(),
+        std::fs::read_to_string(deploy.join("zt-uninstall.yaml")).unwrap(),
+    ));
+    for dir in ["demo/app", "demo/zero-trust"] {
+        let mut files: Vec<_> = std::fs::read_dir(deploy.join(dir))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        for file in files {
+            sets.push((
+                file.display().to_string(),
+                std::fs::read_to_string(&file).unwrap(),
+            ));
+        }
+    }
+    assert!(sets.len() >= 5, "deploy/ manifests: {}", sets.len());
+    let mut namespaces = std::collections::BTreeSet::new();
+    for (_, yaml) in &sets {
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
+            if let Some(ns) = value["metadata"]["namespace"].as_str() {
+                namespaces.insert(ns.to_owned());
+            }
+            if value["kind"] == "Namespace" {
+                namespaces.insert(value["metadata"]["name"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    for ns in &namespaces {
+        if ns != "default" {
+            server.kubectl(&["create", "namespace", ns]).unwrap();
+        }
+    }
+    for (name, yaml) in &sets {
+        let out = server
+            .kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(yaml))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(out.contains("(server dry run)"), "{name}: {out}");
+    }
+    // Nothing was stored: the dry run of the DaemonSet left no DaemonSet.
+    let stored = server
+        .kubectl(&["-n", "zt-system", "get", "daemonsets", "-o", "name"])
+        .unwrap();
+    assert!(stored.trim().is_empty(), "{stored}");
+    // A broken manifest is refused (the check can fail).
+    let broken = sets[0].1.replace("maxUnavailable: 1", "maxUnavailable: -1");
+    assert!(
+        server
+            .kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(&broken))
+            .is_err(),
+        "a DaemonSet with maxUnavailable -1 passed the dry run"
+    );
+}

@@ -4,6 +4,11 @@
 //! deploy/build-kube-apiserver.sh), the agent with `--source kube`, and real packets between pods in
 //! network namespaces. Runs every `tests/tests/kube_*.rs` one test at a time and prints
 //! `N passed, M failed`.
+//!
+//! `node`: a real single-node cluster on this machine (tests/src/node.rs: etcd, kube-apiserver,
+//! controller-manager, scheduler, containerd, kubelet, the CNI bridge plugin), the agent image
+//! and `deploy/` applied with kubectl, and tests/tests/node_e2e.rs's checks. Installs what it
+//! needs (Debian packages, the Kubernetes binaries through deploy/build-kube.sh, the images).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -13,18 +18,132 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 
-use crate::{cmd, ebpf, toolchain};
+use std::path::Path;
+
+use crate::{cmd, ebpf, image, toolchain};
 
 #[derive(Debug, Subcommand)]
 pub enum Which {
     /// The agent against a real kube-apiserver, checked with real packets (root).
     Kube,
+    /// The image and deploy/ on a real single-node cluster: kubelet, containerd, CNI (root).
+    Node,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Kube => kube(),
+        Which::Node => node(),
     }
+}
+
+/// What the node tier installs from Debian: (package, a command it provides).
+const NODE_PACKAGES: &[(&str, &str)] = &[
+    ("containerd", "containerd"),
+    ("runc", "runc"),
+    ("containernetworking-plugins", "/usr/lib/cni/bridge"),
+    ("busybox-static", "/bin/busybox"),
+    ("curl", "curl"),
+];
+
+/// The Kubernetes binaries the node runs, from deploy/build-kube.sh.
+const NODE_BINARIES: &[&str] = &[
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "pause",
+    "agnhost",
+];
+
+pub fn node() -> anyhow::Result<()> {
+    cmd::require_root("cargo xtask e2e node")?;
+    toolchain::ensure_debian_packages(&[
+        toolchain::LAB_PACKAGES,
+        toolchain::TEST_PACKAGES,
+        NODE_PACKAGES,
+    ])?;
+    let mut bin_dir = None;
+    for name in NODE_BINARIES {
+        let path = kube_binary(name)?;
+        bin_dir = Path::new(&path).parent().map(Path::to_path_buf);
+    }
+    let bin_dir = bin_dir.expect("at least one binary");
+
+    let images = cmd::target_dir().join("image");
+    let tag = image::default_tag();
+    let next = format!("{tag}-next");
+    let agent = image::build(image::Opts {
+        tag: Some(tag.clone()),
+        out: None,
+        rootfs: None,
+    })?;
+    // The same image under a second tag: the rollout check moves the DaemonSet to it.
+    let agent_next = image::build(image::Opts {
+        tag: Some(next.clone()),
+        out: None,
+        rootfs: None,
+    })?;
+    let pause = images.join("pause.tar");
+    image::pause_image(NODE_PAUSE_IMAGE, &bin_dir.join("pause-v1.20.2"), &pause)?;
+    cmd::run(Command::new("cargo").args([
+        "build",
+        "--package",
+        "zt-tests",
+        "--bin",
+        "zt-netprobe",
+    ]))?;
+    let agnhost = images.join("agnhost.tar");
+    image::agnhost_image(
+        AGNHOST_IMAGE,
+        &bin_dir.join("agnhost-v1.20.2"),
+        &cmd::target_dir().join("debug/zt-netprobe"),
+        &agnhost,
+    )?;
+
+    let root = cmd::workspace_root();
+    let mut cargo = Command::new("cargo");
+    cargo
+        .args(["test", "--package", "zt-tests", "--test", "node_e2e"])
+        .env("ZT_KUBE_BIN_DIR", &bin_dir)
+        .env("ZT_NODE_PAUSE_TAR", &pause)
+        .env("ZT_NODE_AGNHOST_TAR", &agnhost)
+        .env("ZT_NODE_AGENT_TAR", &agent.path)
+        .env("ZT_NODE_AGENT_TAR_NEXT", &agent_next.path)
+        .env("ZT_NODE_AGENT_TAG", &tag)
+        .env("ZT_NODE_AGENT_TAG_NEXT", &next)
+        .env("ZT_DEPLOY_DIR", root.join("deploy"));
+    let (passed, failed, ok) = run_counting(&mut cargo)?;
+    if !ok || failed > 0 || passed == 0 {
+        bail!("e2e node failed");
+    }
+    Ok(())
+}
+
+/// The sandbox image the node's containerd and kubelet name.
+const NODE_PAUSE_IMAGE: &str = "k8s.local/pause:3.4";
+/// The test servers' image, as upstream's e2e suite names it.
+const AGNHOST_IMAGE: &str = "k8s.gcr.io/e2e-test-images/agnhost:2.21";
+
+/// A binary's path from deploy/build-kube.sh; prebuilt copies come from `$ZT_KUBE_XZ_DIR`, or
+/// `../shared/bin` beside the workspace when it has them.
+fn kube_binary(name: &str) -> anyhow::Result<String> {
+    let script = cmd::workspace_root().join("deploy/build-kube.sh");
+    let mut find = Command::new("bash");
+    find.arg(&script).arg(name).stderr(Stdio::inherit());
+    if std::env::var_os("ZT_KUBE_XZ_DIR").is_none() {
+        let shared = cmd::workspace_root().join("../shared/bin");
+        if shared.is_dir() {
+            find.env("ZT_KUBE_XZ_DIR", shared);
+        }
+    }
+    let out = find
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} {name} failed ({})", script.display(), out.status);
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
 pub fn kube() -> anyhow::Result<()> {
@@ -96,7 +215,8 @@ fn kube_apiserver() -> anyhow::Result<String> {
     Ok(path)
 }
 
-/// Runs libtest through cargo, passing its output through, and adds up its `test result:` lines.
+/// Runs a test binary through cargo, passing its output through, and adds up its libtest
+/// `test result:` lines or its own `N passed, M failed` line.
 fn run_counting(cargo: &mut Command) -> anyhow::Result<(u64, u64, bool)> {
     eprintln!("+ {}", cmd::display(cargo));
     let mut child = cargo
@@ -107,7 +227,7 @@ fn run_counting(cargo: &mut Command) -> anyhow::Result<(u64, u64, bool)> {
     for line in BufReader::new(child.stdout.take().expect("stdout is piped")).lines() {
         let line = line?;
         println!("{line}");
-        if let Some((p, f)) = parse_result(&line) {
+        if let Some((p, f)) = parse_result(&line).or_else(|| parse_plain(&line)) {
             passed += p;
             failed += f;
         }
@@ -133,9 +253,24 @@ fn parse_result(line: &str) -> Option<(u64, u64)> {
     Some((count("passed")?, count("failed")?))
 }
 
+/// `9 passed, 1 failed` → (9, 1).
+fn parse_plain(line: &str) -> Option<(u64, u64)> {
+    let (passed, failed) = line.trim().split_once(", ")?;
+    Some((
+        passed.strip_suffix(" passed")?.parse().ok()?,
+        failed.strip_suffix(" failed")?.parse().ok()?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_result;
+    use super::{parse_plain, parse_result};
+
+    #[test]
+    fn parses_plain_summaries() {
+        assert_eq!(parse_plain("9 passed, 1 failed"), Some((9, 1)));
+        assert_eq!(parse_plain("check x ... ok"), None);
+    }
 
     #[test]
     fn parses_libtest_summaries() {

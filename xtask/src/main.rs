@@ -7,6 +7,7 @@ mod cmd;
 mod demo;
 mod e2e;
 mod ebpf;
+mod image;
 mod test;
 mod toolchain;
 
@@ -41,6 +42,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The agent's container image as a tarball for `ctr images import` / `docker load` (no Docker engine).
+    Image(image::Opts),
     /// End-to-end tests against real components.
     E2e {
         #[command(subcommand)]
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { which } => bench::run(which),
         Command::Demo => demo::run(),
         Command::Chaos { quick, json } => chaos::run(quick, json),
+        Command::Image(opts) => image::run(opts),
         Command::E2e { which } => e2e::run(which),
     }
 }

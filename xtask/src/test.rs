@@ -22,7 +22,8 @@ pub fn run() -> anyhow::Result<()> {
     // Kernel tiers share kernel state (programs, maps, namespaces): one test at a time.
     let mut kernel = Command::new("cargo");
     kernel.args(["test", "--package", "zt-tests", "--lib", "--bins"]);
-    for test in e2e::test_targets(|name| !name.starts_with("kube_"))? {
+    for test in e2e::test_targets(|name| !name.starts_with("kube_") && !name.starts_with("node_"))?
+    {
         kernel.args(["--test", &test]);
     }
     cmd::run(kernel.args(["--", "--test-threads=1"]))?;

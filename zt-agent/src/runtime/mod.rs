@@ -27,6 +27,7 @@ pub mod loader;
 pub mod lock;
 pub mod maps;
 pub mod metrics;
+pub mod netlink;
 pub mod serve;
 pub mod source;
 pub mod uninstall;
@@ -46,7 +47,7 @@ use zt_common::{endpoint::EndpointValue, names};
 use self::{
     attach::{AttachMode, Attacher},
     drift::Schedule,
-    iface::{Discovery, HostIf},
+    iface::{Discovery, HostIf, Kernel},
     loader::Loaded,
     metrics::{Health, MapLabel, Metrics},
     source::Source,
@@ -131,7 +132,8 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
         load_ms = loading.elapsed().as_millis() as u64,
         "loaded the datapath; adopting what the maps hold"
     );
-    let links = iface::list_links()?;
+    let mut kernel = Kernel::open()?;
+    let links = kernel.links()?;
     let mode = args.attach.unwrap_or_else(AttachMode::detect);
     tracing::info!(?mode, "attach mode");
     if mode == AttachMode::Tc {
@@ -206,6 +208,7 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
         attacher,
         unneeded: BTreeMap::new(),
         discovery,
+        kernel,
         index: Index::default(),
         compiler,
         applied,
@@ -261,6 +264,8 @@ struct Control {
     /// Attached interfaces no pod needed, with how many turns in a row.
     unneeded: BTreeMap<u32, u32>,
     discovery: Discovery,
+    /// rtnetlink of the agent's namespace: links, routes, bridge ports' peers.
+    kernel: Kernel,
     index: Index,
     compiler: Compiler,
     /// What the kernel maps hold (read back at start, then kept in step with every write).
@@ -363,7 +368,7 @@ impl Control {
                 .set_warnings(warnings.iter().map(ToString::to_string).collect());
             self.refresh_names();
         }
-        let links = match iface::list_links() {
+        let links = match self.kernel.links() {
             Ok(links) => links,
             Err(error) => {
                 tracing::warn!(%error, "cannot list interfaces");
@@ -373,7 +378,7 @@ impl Control {
             }
         };
         let wanted: BTreeSet<IpAddr> = self.compiler.state().endpoints.keys().copied().collect();
-        let found = self.discovery.resolve(&wanted, &links);
+        let found = self.discovery.resolve(&mut self.kernel, &wanted, &links);
 
         // Maps first, so a pod's entry exists before its interface starts enforcing (with
         // FAIL_CLOSED an attached interface drops addresses it does not know).
