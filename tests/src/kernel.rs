@@ -57,6 +57,8 @@ pub enum Hook {
     ToPod,
     /// `zt_baseline`: parse and pass.
     Baseline,
+    /// `zt_bench_flow`: `zt_to_pod` after advancing the source port (a new flow every run).
+    BenchFlow,
 }
 
 impl Hook {
@@ -65,6 +67,7 @@ impl Hook {
             Hook::FromPod => names::PROG_FROM_POD,
             Hook::ToPod => names::PROG_TO_POD,
             Hook::Baseline => names::PROG_BASELINE,
+            Hook::BenchFlow => names::PROG_BENCH_FLOW,
         }
     }
 }
@@ -169,7 +172,7 @@ impl Datapath {
             .default_map_pin_directory(pins.path())
             .load(zt_agent::datapath::object())
             .context("loading the zt object")?;
-        for hook in [Hook::FromPod, Hook::ToPod, Hook::Baseline] {
+        for hook in [Hook::FromPod, Hook::ToPod, Hook::Baseline, Hook::BenchFlow] {
             let name = hook.program_name();
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -365,11 +368,44 @@ impl Datapath {
         Ok(())
     }
 
+    /// Removes the conntrack entry for `key`; `false` when there was none.
+    pub fn remove_conntrack(&mut self, key: &CtKey) -> anyhow::Result<bool> {
+        let removed = match key {
+            CtKey::V4(k) => {
+                let mut m: HashMap<_, CtKey4, CtValue> =
+                    HashMap::try_from(self.map_mut(names::MAP_CONNTRACK_V4))?;
+                m.remove(k)
+            }
+            CtKey::V6(k) => {
+                let mut m: HashMap<_, CtKey6, CtValue> =
+                    HashMap::try_from(self.map_mut(names::MAP_CONNTRACK_V6))?;
+                m.remove(k)
+            }
+        };
+        match removed {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Conntrack entries of both families.
     pub fn conntrack_len(&self) -> anyhow::Result<usize> {
         let v4: HashMap<_, CtKey4, CtValue> = HashMap::try_from(self.map(names::MAP_CONNTRACK_V4))?;
         let v6: HashMap<_, CtKey6, CtValue> = HashMap::try_from(self.map(names::MAP_CONNTRACK_V6))?;
         Ok(v4.keys().filter(Result::is_ok).count() + v6.keys().filter(Result::is_ok).count())
+    }
+
+    /// What the open-interface hint's slot for `ifindex` holds (`ifindex` itself when the hint
+    /// is set for it).
+    pub fn open_hint(&self, ifindex: u32) -> anyhow::Result<u32> {
+        let m: Array<_, u32> = Array::try_from(self.map(names::MAP_OPEN_IFS))?;
+        Ok(m.get(&(ifindex % names::capacity::OPEN_IFS), 0)?)
     }
 
     /// Every reason counter, summed over CPUs.

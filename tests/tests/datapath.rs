@@ -48,7 +48,7 @@ impl Fixture {
             policy_revision: 1,
             event_mask: event_mask::ALL,
             flags: cfg_flags::FAIL_CLOSED,
-            _pad: 0,
+            clock: 0,
         })
         .unwrap();
         let (pod, peer) = if v6 {

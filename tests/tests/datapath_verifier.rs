@@ -21,7 +21,7 @@ fn verifier_accepts_every_program() {
             "map {name} is not pinned by name"
         );
     }
-    for hook in [Hook::FromPod, Hook::ToPod, Hook::Baseline] {
+    for hook in [Hook::FromPod, Hook::ToPod, Hook::Baseline, Hook::BenchFlow] {
         let info = dp.program(hook).info().expect("program info");
         let processed = info
             .verified_instruction_count()

@@ -26,7 +26,7 @@ const CONFIG: Config = Config {
     policy_revision: 1,
     event_mask: 0,
     flags: 0,
-    _pad: 0,
+    clock: 0,
 };
 
 fn packet(src: IpAddr, dst: IpAddr, sport: u16, port: u16, protocol: &str) -> Vec<u8> {

@@ -46,7 +46,7 @@ const CONFIG: Config = Config {
     policy_revision: 1,
     event_mask: 0,
     flags: flags::FAIL_CLOSED,
-    _pad: 0,
+    clock: 0,
 };
 
 const PROBES_PER_CLUSTER: usize = 160;

@@ -147,7 +147,7 @@ fn scenario() -> anyhow::Result<()> {
         policy_revision: 1,
         event_mask: event_mask::ALL,
         flags: flags::FAIL_CLOSED,
-        _pad: 0,
+        clock: 0,
     })?;
     let tcp_key = PolicyKey {
         subject: POD_ID,

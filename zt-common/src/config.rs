@@ -13,7 +13,11 @@ pub struct Config {
     pub event_mask: u32,
     /// A set of [`flags`] bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// The conntrack clock: seconds the agent has been running, summed over its restarts (it
+    /// stands still while no agent runs). The datapath stamps it into every conntrack entry a
+    /// packet uses (`CtValue::seen`); the agent expires entries idle for longer than their
+    /// timeout on this clock (see [`crate::conntrack::expired`]).
+    pub clock: u32,
 }
 assert_size!(Config, 16);
 user_pod!(Config);

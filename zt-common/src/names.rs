@@ -13,6 +13,9 @@ pub const PROG_FROM_POD: &str = "zt_from_pod";
 pub const PROG_TO_POD: &str = "zt_to_pod";
 /// A classifier that only parses and passes: the floor for `cargo xtask bench datapath`.
 pub const PROG_BASELINE: &str = "zt_baseline";
+/// `zt_to_pod` with the packet's source port advanced by one first, so every run of
+/// BPF_PROG_TEST_RUN's repeat mode is a new flow: benchmarks only, never attached.
+pub const PROG_BENCH_FLOW: &str = "zt_bench_flow";
 
 pub const MAP_CONFIG: &str = "zt_config";
 pub const MAP_ENDPOINTS: &str = "zt_endpoints";
@@ -26,9 +29,10 @@ pub const MAP_CONNTRACK_V6: &str = "zt_ct6";
 pub const MAP_FRAGMENTS: &str = "zt_frag";
 pub const MAP_COUNTERS: &str = "zt_counters";
 pub const MAP_EVENTS: &str = "zt_events";
+pub const MAP_OPEN_IFS: &str = "zt_open_ifs";
 
 /// Every map the agent pins, so a restarted agent can adopt them.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 13] = [
     MAP_CONFIG,
     MAP_ENDPOINTS,
     MAP_IDENTITY_V4,
@@ -41,6 +45,7 @@ pub const PINNED_MAPS: [&str; 12] = [
     MAP_FRAGMENTS,
     MAP_COUNTERS,
     MAP_EVENTS,
+    MAP_OPEN_IFS,
 ];
 
 /// Map capacities. The agent refuses to compile a state that does not fit (it never truncates).
@@ -59,4 +64,6 @@ pub mod capacity {
     pub const FRAGMENTS: u32 = 8192;
     /// Ring buffer bytes (a power of two, a multiple of the page size).
     pub const EVENTS: u32 = 1 << 20;
+    /// Slots of the open-interface hint (`ifindex % OPEN_IFS`): more than a node has pods.
+    pub const OPEN_IFS: u32 = 4096;
 }

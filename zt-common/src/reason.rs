@@ -20,6 +20,9 @@ pub const DROP_SPOOFED: u8 = 19;
 pub const DROP_POLICY_INGRESS: u8 = 20;
 pub const DROP_POLICY_EGRESS: u8 = 21;
 pub const DROP_REVOKED: u8 = 22;
+/// A new flow that policy allows, but conntrack is full: it cannot be recorded, so it does not
+/// start (its replies could not pass). Established flows keep their entries and pass.
+pub const DROP_CT_FULL: u8 = 23;
 
 /// Entries of `zt_counters`.
 pub const COUNT: u32 = 32;
@@ -49,6 +52,7 @@ pub const fn name(reason: u8) -> &'static str {
         DROP_POLICY_INGRESS => "drop_policy_ingress",
         DROP_POLICY_EGRESS => "drop_policy_egress",
         DROP_REVOKED => "drop_revoked",
+        DROP_CT_FULL => "drop_ct_full",
         _ => "unknown",
     }
 }

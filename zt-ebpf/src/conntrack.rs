@@ -3,14 +3,25 @@
 //! A flow is keyed by the tuple of its first packet and the direction it was admitted in, in the
 //! map of its address family; its entry counts only on the interface it was admitted on. See
 //! `zt_common::conntrack` for why. Generic over the address family (see `family`).
+//!
+//! Every write to an existing entry goes through the pointer its lookup returned (a map update
+//! costs a new element and an RCU swap), and only when it changes something: the clock stamp
+//! moves once a second at most, the state flags once per flow.
 
-use zt_common::{conntrack::CtValue, reason};
+use aya_ebpf::bindings::BPF_NOEXIST;
+use zt_common::{
+    conntrack::{CtValue, flags},
+    reason,
+};
 
 use crate::{
     family::{CtFields, Family},
     keys::Addr32,
-    packet::{Packet, Tuple, class},
+    packet::{Packet, Tuple, class, tcp},
 };
+
+/// `-EEXIST`, as a map update with `BPF_NOEXIST` returns it for a key already present.
+const EEXIST: i32 = -17;
 
 /// A flow as an entry is keyed: a tuple read off a packet (the packet's own, or for an ICMP error
 /// the one it quotes), possibly reversed, and the direction it was admitted in.
@@ -91,10 +102,31 @@ impl Flow<'_> {
         (unsafe { (*entry).ifindex } == ifindex).then_some(entry)
     }
 
-    /// Records the flow. A full LRU evicts its least recently used flow.
+    /// Records the flow: a new element, or (a retransmitted SYN, a reused port) the existing
+    /// entry overwritten in place. `false` when the map is full: nothing is evicted for it.
     #[inline(always)]
-    fn insert<F: Family>(&self, value: &CtValue) {
-        let _ = F::conntrack().insert(&self.key::<F>(), value, 0);
+    fn insert<F: Family>(&self, value: &CtValue) -> bool {
+        let key = self.key::<F>();
+        match F::conntrack().insert(&key, value, u64::from(BPF_NOEXIST)) {
+            Ok(()) => true,
+            Err(e) if e == EEXIST => match F::conntrack().get_ptr_mut(&key) {
+                Some(entry) => {
+                    // SAFETY: a map value pointer returned by the kernel, valid for this run.
+                    unsafe {
+                        (*entry).revision = value.revision;
+                        (*entry).flags = value.flags;
+                        (*entry).ifindex = value.ifindex;
+                        (*entry).seen = value.seen;
+                    }
+                    true
+                }
+                // Deleted (by the agent's sweep) since: one more try.
+                None => F::conntrack()
+                    .insert(&key, value, u64::from(BPF_NOEXIST))
+                    .is_ok(),
+            },
+            Err(_) => false,
+        }
     }
 
     /// Step 8c: a revoked flow is forgotten, so its next packet is a new flow again.
@@ -110,6 +142,29 @@ pub struct Hit<'p> {
     pub flow: Flow<'p>,
     pub entry: *mut CtValue,
     pub reason: u8,
+}
+
+/// The packet passes on `entry`, found for `reason`: stamp the clock, and record a reply or a
+/// TCP close.
+#[inline(always)]
+pub fn touch(entry: *mut CtValue, reason: u8, pkt: &Packet, clock: u32) {
+    let mut add = 0;
+    if reason == reason::ALLOW_CT_REPLY {
+        add |= flags::REPLIED;
+    }
+    if pkt.tcp & tcp::CLOSE != 0 && reason != reason::ALLOW_CT_RELATED {
+        add |= flags::CLOSING;
+    }
+    let e = entry;
+    // SAFETY: a map value pointer returned by the kernel, valid for this program run.
+    unsafe {
+        if (*e).seen != clock {
+            (*e).seen = clock;
+        }
+        if (*e).flags & add != add {
+            (*e).flags |= add;
+        }
+    }
 }
 
 /// Step 5: the packet's own flow, then the flow it replies to.
@@ -158,9 +213,17 @@ pub fn related<F: Family>(pkt: &Packet, dir: u8, ifindex: u32) -> Option<Hit<'_>
     })
 }
 
-/// Step 10: records a new flow admitted in `dir` on `ifindex`.
+/// Step 10: records a new flow admitted in `dir` on `ifindex` at `clock`. `false` when
+/// conntrack is full.
 #[inline(always)]
-pub fn admit<F: Family>(pkt: &Packet, dir: u8, ifindex: u32, revision: u32, flags: u32) {
+pub fn admit<F: Family>(
+    pkt: &Packet,
+    dir: u8,
+    ifindex: u32,
+    revision: u32,
+    flags: u32,
+    clock: u32,
+) -> bool {
     let own = Flow {
         tuple: &pkt.tuple,
         reversed: false,
@@ -170,6 +233,6 @@ pub fn admit<F: Family>(pkt: &Packet, dir: u8, ifindex: u32, revision: u32, flag
         revision,
         flags,
         ifindex,
-        _pad: 0,
-    });
+        seen: clock,
+    })
 }

@@ -19,7 +19,8 @@ use crate::{
     frag,
     keys::{EndpointKey, copy_addr, is_ipv4_mapped, zero},
     maps::ENDPOINTS,
-    packet::{self, Packet, class},
+    open,
+    packet::{self, Packet, class, tcp},
     parse::{self, ParseError},
     policy::{Decision, Query},
     verdict::{Verdict, ifindex},
@@ -57,9 +58,26 @@ pub fn decide(ctx: &TcContext, cfg: &Config, dir: u8, pkt: &mut Packet) -> Verdi
 /// Steps 5–10, for one address family.
 #[inline(always)]
 fn flow<F: Family>(cfg: &Config, dir: u8, ifindex: u32, pkt: &Packet, mut v: Verdict) -> Verdict {
+    let local = if dir == direction::EGRESS {
+        pkt.tuple.src
+    } else {
+        pkt.tuple.dst
+    };
+    // Steps 6–7 first on an interface whose pod was open (see `open`): no conntrack for it.
+    if open::hinted(ifindex) {
+        if let Some(p) = ENDPOINTS.get_ptr(&EndpointKey { addr: local }) {
+            // SAFETY: a map value pointer returned by the kernel, valid for this program run.
+            let (ep_if, ep_fl) = unsafe { ((*p).ifindex, (*p).flags) };
+            if (ep_if == 0 || ep_if == ifindex) && open::is_open(ep_fl) {
+                // SAFETY: as above.
+                v.local_identity = unsafe { (*p).identity };
+                return v.with(reason::ALLOW_NOT_ISOLATED);
+            }
+        }
+    }
     // Step 5: an up-to-date entry for this flow on this interface allows on its own. A TCP SYN
     // opens a connection, so it is a new flow by definition and goes straight to policy.
-    let hit = if pkt.tcp_syn != 0 {
+    let hit = if pkt.tcp & tcp::OPEN != 0 {
         None
     } else {
         conntrack::lookup::<F>(pkt, dir, ifindex)
@@ -67,15 +85,11 @@ fn flow<F: Family>(cfg: &Config, dir: u8, ifindex: u32, pkt: &Packet, mut v: Ver
     if let Some(h) = &hit {
         // SAFETY: a map value pointer returned by the kernel, valid for this program run.
         if unsafe { (*h.entry).revision } == cfg.policy_revision {
+            conntrack::touch(h.entry, h.reason, pkt, cfg.clock);
             return v.with(h.reason);
         }
     }
     // Step 6.
-    let local = if dir == direction::EGRESS {
-        pkt.tuple.src
-    } else {
-        pkt.tuple.dst
-    };
     let ep = match ENDPOINTS.get_ptr(&EndpointKey { addr: local }) {
         // SAFETY: a map value pointer returned by the kernel, valid for this program run.
         Some(p) => unsafe { *p },
@@ -89,7 +103,9 @@ fn flow<F: Family>(cfg: &Config, dir: u8, ifindex: u32, pkt: &Packet, mut v: Ver
         return v.with(reason::DROP_SPOOFED);
     }
     // Step 7.
-    if ep.flags & (ep_flags::INGRESS_ISOLATED | ep_flags::EGRESS_ISOLATED) == 0 {
+    let is_open = open::is_open(ep.flags);
+    open::learn(ifindex, is_open);
+    if is_open {
         return v.with(reason::ALLOW_NOT_ISOLATED);
     }
     let audit = ep.flags & ep_flags::AUDIT != 0;
@@ -108,6 +124,7 @@ fn flow<F: Family>(cfg: &Config, dir: u8, ifindex: u32, pkt: &Packet, mut v: Ver
     {
         // SAFETY: (here and below) a map value pointer returned by the kernel, valid for this run.
         if unsafe { (*entry).revision } == revision {
+            conntrack::touch(entry, ct_reason, pkt, cfg.clock);
             return v.with(ct_reason);
         }
         // 8c: re-check the flow as it was admitted.
@@ -128,6 +145,7 @@ fn flow<F: Family>(cfg: &Config, dir: u8, ifindex: u32, pkt: &Packet, mut v: Ver
         v.policy_ref = d.policy_ref;
         if d.allow != 0 {
             unsafe { (*entry).revision = revision };
+            conntrack::touch(entry, ct_reason, pkt, cfg.clock);
             return v.with(ct_reason);
         }
         if audit {
@@ -135,6 +153,7 @@ fn flow<F: Family>(cfg: &Config, dir: u8, ifindex: u32, pkt: &Packet, mut v: Ver
                 (*entry).revision = revision;
                 (*entry).flags |= ct_flags::AUDITED;
             }
+            conntrack::touch(entry, ct_reason, pkt, cfg.clock);
             v.event = kind::AUDITED;
             return v.with(reason::ALLOW_AUDIT);
         }
@@ -167,8 +186,10 @@ fn flow<F: Family>(cfg: &Config, dir: u8, ifindex: u32, pkt: &Packet, mut v: Ver
     } else {
         return v.with(reason::DROP_POLICY_INGRESS);
     };
-    // Step 10.
-    conntrack::admit::<F>(pkt, dir, ifindex, revision, ct_flags);
+    // Step 10. A flow conntrack cannot record does not start: its replies could not pass.
+    if !conntrack::admit::<F>(pkt, dir, ifindex, revision, ct_flags, cfg.clock) {
+        return v.with(reason::DROP_CT_FULL);
+    }
     v.event = event;
     v.with(allow)
 }

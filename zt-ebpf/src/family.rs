@@ -5,7 +5,7 @@
 //! per packet. Branching on the family inside each lookup instead would let the verifier combine
 //! every IPv4 branch with every IPv6 one; two straight copies keep its work linear.
 
-use aya_ebpf::maps::{LruHashMap, lpm_trie::Key};
+use aya_ebpf::maps::{HashMap, lpm_trie::Key};
 use zt_common::{conntrack::CtValue, endpoint::EndpointValue, identity::IdentityValue};
 
 use crate::{
@@ -29,7 +29,7 @@ pub struct CtFields<'a> {
 pub trait Family {
     type CtKey: 'static;
 
-    fn conntrack() -> &'static LruHashMap<Self::CtKey, CtValue>;
+    fn conntrack() -> &'static HashMap<Self::CtKey, CtValue>;
 
     fn ct_key(f: &CtFields) -> Self::CtKey;
 
@@ -47,7 +47,7 @@ impl Family for V4 {
     type CtKey = CtKey4;
 
     #[inline(always)]
-    fn conntrack() -> &'static LruHashMap<CtKey4, CtValue> {
+    fn conntrack() -> &'static HashMap<CtKey4, CtValue> {
         &CONNTRACK_V4
     }
 
@@ -89,7 +89,7 @@ impl Family for V6 {
     type CtKey = CtKey6;
 
     #[inline(always)]
-    fn conntrack() -> &'static LruHashMap<CtKey6, CtValue> {
+    fn conntrack() -> &'static HashMap<CtKey6, CtValue> {
         &CONNTRACK_V6
     }
 

@@ -2,12 +2,13 @@
 //! parse-only baseline for benchmarks.
 //!
 //! One concern per module, composed by `decide` in the order of the decision procedure written
-//! in `zt_common::policy`: `parse` (headers) → `frag` → `conntrack` (fast path) → endpoint →
-//! `conntrack` (stale and related entries) → `policy` (`identity` inside) → `verdict` (the single
-//! exit: counter, event, TC action).
+//! in `zt_common::policy`: `parse` (headers) → `frag` → `open` (pods no policy selects) →
+//! `conntrack` (fast path) → endpoint → `conntrack` (stale and related entries) → `policy`
+//! (`identity` inside) → `verdict` (the single exit: counter, event, TC action).
 #![no_std]
 #![no_main]
 
+mod bench;
 mod conntrack;
 mod decide;
 mod family;
@@ -15,6 +16,7 @@ mod frag;
 mod identity;
 mod keys;
 mod maps;
+mod open;
 mod packet;
 mod parse;
 mod policy;
@@ -52,6 +54,15 @@ pub fn zt_baseline(ctx: TcContext) -> i32 {
     // SAFETY: a volatile read of a local.
     let _ = unsafe { core::ptr::read_volatile(pkt) };
     TC_ACT_OK
+}
+
+/// `zt_to_pod` on a packet whose source port is first advanced by one: in BPF_PROG_TEST_RUN's
+/// repeat mode every run is a new flow (see `bench`). For `cargo xtask bench datapath`; never
+/// attached by the agent.
+#[classifier]
+pub fn zt_bench_flow(ctx: TcContext) -> i32 {
+    bench::next_source_port(&ctx);
+    try_classify(&ctx, direction::INGRESS)
 }
 
 #[inline(always)]

@@ -41,13 +41,12 @@ pub static HOST_IDENTITY_V4: HashMap<u32, IdentityValue> =
 pub static HOST_IDENTITY_V6: HashMap<Addr32, IdentityValue> =
     HashMap::pinned(capacity::HOST_IDENTITY_V6, 0);
 
+/// Preallocated hash maps (not LRU: see `zt_common::conntrack`), expired by the agent.
 #[map(name = "zt_ct4")]
-pub static CONNTRACK_V4: LruHashMap<CtKey4, CtValue> =
-    LruHashMap::pinned(capacity::CONNTRACK_V4, 0);
+pub static CONNTRACK_V4: HashMap<CtKey4, CtValue> = HashMap::pinned(capacity::CONNTRACK_V4, 0);
 
 #[map(name = "zt_ct6")]
-pub static CONNTRACK_V6: LruHashMap<CtKey6, CtValue> =
-    LruHashMap::pinned(capacity::CONNTRACK_V6, 0);
+pub static CONNTRACK_V6: HashMap<CtKey6, CtValue> = HashMap::pinned(capacity::CONNTRACK_V6, 0);
 
 #[map(name = "zt_frag")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(capacity::FRAGMENTS, 0);
@@ -57,3 +56,8 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
 
 #[map(name = "zt_events")]
 pub static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS, 0);
+
+/// Slot `ifindex % OPEN_IFS` holds `ifindex` when the interface's pod was last seen isolated in
+/// neither direction (see `open`).
+#[map(name = "zt_open_ifs")]
+pub static OPEN_IFS: Array<u32> = Array::pinned(capacity::OPEN_IFS, 0);

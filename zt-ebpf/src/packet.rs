@@ -25,6 +25,14 @@ pub mod class {
     pub const NDP: u8 = 2;
 }
 
+/// `Packet::tcp`.
+pub mod tcp {
+    /// SYN set and ACK clear: the opening packet of a connection.
+    pub const OPEN: u8 = 1 << 0;
+    /// FIN or RST set: the connection is closing.
+    pub const CLOSE: u8 = 1 << 1;
+}
+
 /// `Packet::frag`.
 pub mod frag {
     pub const NONE: u8 = 0;
@@ -43,8 +51,8 @@ pub struct Packet {
     pub quoted_valid: u8,
     pub class: u8,
     pub frag: u8,
-    /// 1 for a TCP segment with SYN set and ACK clear: the opening packet of a connection.
-    pub tcp_syn: u8,
+    /// For a TCP segment, a set of [`tcp`] bits.
+    pub tcp: u8,
     /// IPv4 identification (zero-extended) or the IPv6 fragment header's, when `frag != NONE`.
     pub frag_id: u32,
 }

@@ -10,7 +10,7 @@ use zt_common::proto;
 
 use crate::{
     keys::{Addr32, copy_addr, ipv4_mapped, is_ipv4_mapped},
-    packet::{Packet, Tuple, class, frag, ptr_at},
+    packet::{Packet, Tuple, class, frag, ptr_at, tcp},
 };
 
 const ETH_HLEN: usize = 14;
@@ -264,7 +264,9 @@ struct Ports {
 /// Fixed header sizes that must be present in full.
 const TCP_HLEN: usize = 20;
 /// TCP flag bits (header byte 13).
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const UDP_HLEN: usize = 8;
 const SCTP_HLEN: usize = 12;
@@ -281,7 +283,9 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize, v6: bool) -> Result<(
             if unsafe { (*h)[12] } >> 4 < 5 {
                 return Err(ParseError::Malformed);
             }
-            pkt.tcp_syn = (unsafe { (*h)[13] } & (TCP_SYN | TCP_ACK) == TCP_SYN) as u8;
+            let flags = unsafe { (*h)[13] };
+            pkt.tcp = (flags & (TCP_SYN | TCP_ACK) == TCP_SYN) as u8 * tcp::OPEN
+                | (flags & (TCP_FIN | TCP_RST) != 0) as u8 * tcp::CLOSE;
             set_ports(&mut pkt.tuple, h.cast());
         }
         proto::UDP => {

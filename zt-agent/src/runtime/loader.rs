@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::MapInfo,
+    maps::{MapInfo, MapType},
     programs::{ProgramError, SchedClassifier},
 };
 use zt_common::{
@@ -81,15 +81,17 @@ pub fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassi
 }
 
 /// A map's shape: what must match for a pinned map to be reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Shape {
+    pub map_type: MapType,
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
 }
 
-const fn shape(key_size: usize, value_size: usize, max_entries: u32) -> Shape {
+const fn shape(map_type: MapType, key_size: usize, value_size: usize, max_entries: u32) -> Shape {
     Shape {
+        map_type,
         key_size: key_size as u32,
         value_size: value_size as u32,
         max_entries,
@@ -98,13 +100,15 @@ const fn shape(key_size: usize, value_size: usize, max_entries: u32) -> Shape {
 
 /// The shape of every map the object declares, from the shared contract. LPM trie keys carry a
 /// 4-byte prefix length before the address; a ring buffer has no key or value.
-pub fn expected_shapes() -> [(&'static str, Shape); 12] {
+pub fn expected_shapes() -> [(&'static str, Shape); 13] {
+    use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray, RingBuf};
     use std::mem::size_of;
     [
-        (names::MAP_CONFIG, shape(4, size_of::<Config>(), 1)),
+        (names::MAP_CONFIG, shape(Array, 4, size_of::<Config>(), 1)),
         (
             names::MAP_ENDPOINTS,
             shape(
+                Hash,
                 size_of::<EndpointKey>(),
                 size_of::<EndpointValue>(),
                 capacity::ENDPOINTS,
@@ -112,23 +116,24 @@ pub fn expected_shapes() -> [(&'static str, Shape); 12] {
         ),
         (
             names::MAP_IDENTITY_V4,
-            shape(4 + 4, 4, capacity::IDENTITY_V4),
+            shape(LpmTrie, 4 + 4, 4, capacity::IDENTITY_V4),
         ),
         (
             names::MAP_IDENTITY_V6,
-            shape(4 + 16, 4, capacity::IDENTITY_V6),
+            shape(LpmTrie, 4 + 16, 4, capacity::IDENTITY_V6),
         ),
         (
             names::MAP_HOST_IDENTITY_V4,
-            shape(4, 4, capacity::HOST_IDENTITY_V4),
+            shape(Hash, 4, 4, capacity::HOST_IDENTITY_V4),
         ),
         (
             names::MAP_HOST_IDENTITY_V6,
-            shape(16, 4, capacity::HOST_IDENTITY_V6),
+            shape(Hash, 16, 4, capacity::HOST_IDENTITY_V6),
         ),
         (
             names::MAP_POLICY,
             shape(
+                Hash,
                 size_of::<PolicyKey>(),
                 size_of::<PolicyValue>(),
                 capacity::POLICY,
@@ -137,6 +142,7 @@ pub fn expected_shapes() -> [(&'static str, Shape); 12] {
         (
             names::MAP_CONNTRACK_V4,
             shape(
+                Hash,
                 size_of::<CtKey4>(),
                 size_of::<CtValue>(),
                 capacity::CONNTRACK_V4,
@@ -145,6 +151,7 @@ pub fn expected_shapes() -> [(&'static str, Shape); 12] {
         (
             names::MAP_CONNTRACK_V6,
             shape(
+                Hash,
                 size_of::<CtKey6>(),
                 size_of::<CtValue>(),
                 capacity::CONNTRACK_V6,
@@ -153,13 +160,15 @@ pub fn expected_shapes() -> [(&'static str, Shape); 12] {
         (
             names::MAP_FRAGMENTS,
             shape(
+                LruHash,
                 size_of::<FragKey>(),
                 size_of::<FragValue>(),
                 capacity::FRAGMENTS,
             ),
         ),
-        (names::MAP_COUNTERS, shape(4, 8, reason::COUNT)),
-        (names::MAP_EVENTS, shape(0, 0, capacity::EVENTS)),
+        (names::MAP_COUNTERS, shape(PerCpuArray, 4, 8, reason::COUNT)),
+        (names::MAP_EVENTS, shape(RingBuf, 0, 0, capacity::EVENTS)),
+        (names::MAP_OPEN_IFS, shape(Array, 4, 4, capacity::OPEN_IFS)),
     ]
 }
 
@@ -182,6 +191,9 @@ fn check_pinned_maps(dir: &Path) -> Result<()> {
         let info = MapInfo::from_pin(&path)
             .map_err(|e| Error::Ebpf(format!("{}: {e}", path.display())))?;
         let pinned = Shape {
+            map_type: info
+                .map_type()
+                .map_err(|e| Error::Ebpf(format!("{}: {e}", path.display())))?,
             key_size: info.key_size(),
             value_size: info.value_size(),
             max_entries: info.max_entries(),
@@ -212,17 +224,19 @@ mod tests {
             .find(|(n, _)| *n == names::MAP_POLICY)
             .unwrap()
             .1;
-        assert_eq!(policy, shape(12, 4, capacity::POLICY));
+        assert_eq!(policy, shape(MapType::Hash, 12, 4, capacity::POLICY));
     }
 
     #[test]
     fn any_difference_is_incompatible() {
-        let expected = shape(16, 32, 4096);
+        use MapType::{Hash, LruHash};
+        let expected = shape(Hash, 16, 32, 4096);
         assert_eq!(incompatible("m", expected, expected), None);
         for pinned in [
-            shape(16, 24, 4096),
-            shape(20, 32, 4096),
-            shape(16, 32, 1024),
+            shape(Hash, 16, 24, 4096),
+            shape(Hash, 20, 32, 4096),
+            shape(Hash, 16, 32, 1024),
+            shape(LruHash, 16, 32, 4096),
         ] {
             assert!(incompatible("m", pinned, expected).is_some(), "{pinned:?}");
         }

@@ -61,6 +61,7 @@ pub struct Metrics {
     pub manifest_last_rejected: Gauge,
     /// 1 while the folder as it is now is rejected (the last good one stays enforced).
     pub manifest_rejected: Gauge,
+    pub conntrack_expired: Counter,
     /// Last kernel counter values, so the `packets` counters advance by differences.
     packets_seen: Arc<Mutex<[u64; reason::COUNT as usize]>>,
 }
@@ -132,6 +133,11 @@ impl Metrics {
             "zt_datapath_events_undecodable",
             "Ring buffer items too short to be an event",
             m.events_lost.clone(),
+        );
+        registry.register(
+            "zt_conntrack_expired",
+            "Conntrack entries the agent's sweeps deleted as idle past their timeout",
+            m.conntrack_expired.clone(),
         );
         registry.register(
             "zt_compile_warnings",

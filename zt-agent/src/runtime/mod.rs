@@ -21,6 +21,7 @@ pub mod attach;
 pub mod bpffs;
 pub mod drift;
 pub mod events;
+pub mod expiry;
 pub mod iface;
 pub mod kmod;
 pub mod loader;
@@ -186,6 +187,14 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
             RingBuf::try_from(m).map_err(|e| Error::Ebpf(format!("{}: {e}", names::MAP_EVENTS)))
         })?;
     tokio::spawn(events::follow(ring, names.clone(), metrics.clone()));
+    std::thread::Builder::new()
+        .name("zt-ct-expiry".into())
+        .spawn({
+            let dir = loaded.maps_dir.clone();
+            let expired = metrics.conntrack_expired.clone();
+            move || expiry::follow(dir, expired)
+        })
+        .map_err(|e| Error::Other(format!("starting the conntrack sweeper: {e}")))?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -222,6 +231,7 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
         health,
         config,
         verify: Schedule::new(args.verify_interval()),
+        clock: expiry::Clock::default(),
     };
     control.run(rx).await;
     drop(lock);
@@ -288,6 +298,8 @@ struct Control {
     config: zt_common::config::Config,
     /// When the maps are next read back to find drift.
     verify: Schedule,
+    /// The conntrack clock in `zt_config` (this loop is its only writer).
+    clock: expiry::Clock,
 }
 
 impl Control {
@@ -345,6 +357,9 @@ impl Control {
 
     /// One turn: compile when the index changed, find interfaces, sync maps, attach, detach.
     fn turn(&mut self, changed: bool) {
+        if let Err(error) = self.clock.tick(&mut self.loaded.ebpf) {
+            tracing::warn!(%error, "advancing the conntrack clock");
+        }
         if let Ok(counters) = maps::counters(&self.loaded.ebpf) {
             self.metrics.set_packets(&counters);
         }
