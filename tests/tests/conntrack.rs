@@ -309,3 +309,126 @@ fn open_interfaces_skip_conntrack_and_lose_the_hint_when_isolated() {
         .assert_reason(reason::DROP_POLICY_EGRESS);
     assert_eq!(f.dp.open_hint(ifindex).unwrap(), 0);
 }
+
+/// Creates and pins an LRU hash map as an agent before the hash-map conntrack did (aya creates
+/// maps only from an object).
+fn pin_lru_map(path: &std::path::Path, name: &str, key: u32, value: u32, entries: u32) {
+    #[repr(C)]
+    struct Create {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        inner_map_fd: u32,
+        numa_node: u32,
+        map_name: [u8; 16],
+        rest: [u8; 92],
+    }
+    #[repr(C)]
+    struct Pin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        rest: [u8; 112],
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+    let mut map_name = [0u8; 16];
+    map_name[..name.len()].copy_from_slice(name.as_bytes());
+    let create = Create {
+        map_type: BPF_MAP_TYPE_LRU_HASH,
+        key_size: key,
+        value_size: value,
+        max_entries: entries,
+        map_flags: 0,
+        inner_map_fd: 0,
+        numa_node: 0,
+        map_name,
+        rest: [0; 92],
+    };
+    // SAFETY: BPF_MAP_CREATE reads a `bpf_attr` of the given size; every byte is initialised.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &create as *const Create,
+            size_of::<Create>(),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let pin = Pin {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+        rest: [0; 112],
+    };
+    // SAFETY: as above; `c_path` outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &pin as *const Pin,
+            size_of::<Pin>(),
+        )
+    };
+    assert!(r == 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: our descriptor; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+#[test]
+fn an_lru_conntrack_pinned_by_an_older_agent_is_migrated() {
+    use aya::maps::{HashMap, Map, MapData, MapInfo, MapType};
+    use zt_common::conntrack::CtKey4;
+
+    let root = zt_tests::kernel::PinDir::new().unwrap();
+    let maps = root.path().join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    let old_pin = maps.join(zt_common::names::MAP_CONNTRACK_V4);
+    pin_lru_map(
+        &old_pin,
+        zt_common::names::MAP_CONNTRACK_V4,
+        size_of::<CtKey4>() as u32,
+        size_of::<CtValue>() as u32,
+        capacity::CONNTRACK_V4,
+    );
+    let open = |p: &std::path::Path| {
+        let m = Map::from_map_data(MapData::from_pin(p).unwrap()).unwrap();
+        HashMap::<_, CtKey4, CtValue>::try_from(m).unwrap()
+    };
+    let key = |sport: u16| match ct_key(ip("10.0.1.5"), sport, ip("10.0.0.2"), 80, 6, INGRESS) {
+        CtKey::V4(k) => k,
+        CtKey::V6(_) => unreachable!(),
+    };
+    let admitted = CtValue {
+        revision: 1,
+        flags: ct::REPLIED,
+        ifindex: 7,
+        seen: 0,
+    };
+    open(&old_pin).insert(key(1), admitted, 0).unwrap();
+
+    let mut loaded = zt_agent::runtime::loader::Loaded::load(root.path()).unwrap();
+    assert!(loaded.migrating);
+    let new = MapInfo::from_pin(&old_pin).unwrap();
+    assert_eq!(new.map_type().unwrap(), MapType::Hash);
+    assert_eq!(open(&old_pin).get(&key(1), 0).unwrap(), admitted);
+    // The old programs admit one more flow before they are swapped: the second pass brings it.
+    let moved = maps.join(format!("{}_lru", zt_common::names::MAP_CONNTRACK_V4));
+    open(&moved).insert(key(2), admitted, 0).unwrap();
+    loaded.finish_migration().unwrap();
+    assert_eq!(open(&old_pin).get(&key(2), 0).unwrap(), admitted);
+    assert!(!moved.exists(), "the old map's pin is removed");
+    drop(loaded);
+    // A later start finds nothing to migrate and reuses the new map.
+    let again = zt_agent::runtime::loader::Loaded::load(root.path()).unwrap();
+    assert!(!again.migrating);
+    assert_eq!(open(&old_pin).get(&key(1), 0).unwrap(), admitted);
+}

@@ -27,6 +27,9 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     pub maps_dir: PathBuf,
     pub links_dir: PathBuf,
+    /// Conntrack pinned by an older agent is being migrated (see [`super::migrate`]): call
+    /// [`Loaded::finish_migration`] once every link runs the new programs.
+    pub migrating: bool,
 }
 
 impl Loaded {
@@ -41,6 +44,7 @@ impl Loaded {
                 source,
             })?;
         }
+        let migrating = super::migrate::prepare(&maps_dir)?;
         check_pinned_maps(&maps_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
@@ -56,11 +60,30 @@ impl Loaded {
                 .load()
                 .map_err(|e| Error::Ebpf(format!("the verifier rejected {name}: {e}")))?;
         }
+        if migrating {
+            let clock = super::maps::read_config(&ebpf)?.clock;
+            let copied = super::migrate::copy(&maps_dir, clock)?;
+            tracing::info!(copied, "conntrack copied into the new maps (first pass)");
+        }
         Ok(Self {
             ebpf,
             maps_dir,
             links_dir,
+            migrating,
         })
+    }
+
+    /// Ends a conntrack migration: copies what the old programs admitted since the first pass
+    /// and removes the old maps' pins.
+    pub fn finish_migration(&mut self) -> Result<()> {
+        if !self.migrating {
+            return Ok(());
+        }
+        let clock = super::maps::read_config(&self.ebpf)?.clock;
+        let copied = super::migrate::finish(&self.maps_dir, clock)?;
+        tracing::info!(copied, "conntrack migration finished (second pass)");
+        self.migrating = false;
+        Ok(())
     }
 
     /// The kernel id of the pinned `zt_config` map: a program that does not use it runs on maps

@@ -28,6 +28,7 @@ pub mod loader;
 pub mod lock;
 pub mod maps;
 pub mod metrics;
+pub mod migrate;
 pub mod netlink;
 pub mod serve;
 pub mod source;
@@ -143,6 +144,7 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
     let mut attacher = Attacher::new(&loaded.links_dir, mode);
     let config_map_id = loaded.config_map_id()?;
     attacher.adopt(&mut loaded.ebpf, config_map_id, &live(&links));
+    loaded.finish_migration()?;
 
     let host_addrs: Vec<IpAddr> = links
         .iter()
