@@ -32,6 +32,9 @@
 //! 3. A non-first IP fragment takes its ports from `zt_frag`, recorded by its first fragment
 //!    (keyed by addresses, fragment id and protocol); no record → drop (`DROP_FRAGMENT_UNKNOWN`).
 //! 4. ICMPv6 neighbour discovery (types 133–137) → allow (`ALLOW_NDP`): IPv6 cannot work without it.
+//!    (The kernel may take steps 6–7 before step 5 on an interface whose pod it last found open,
+//!    the open-interface hint of `zt-ebpf/src/open.rs`: an open endpoint allows at step 7 whatever
+//!    step 5 would find, so the order changes no verdict; any other outcome takes steps 5–10.)
 //! 5. Conntrack fast path, one flow entry per direction, valid on the interface it was admitted on
 //!    (see [`crate::conntrack`]): `(tuple, D)` present for this ifindex → established; `(reversed
 //!    tuple, !D)` present for this ifindex → reply. A TCP SYN (SYN set, ACK clear) skips this
@@ -42,7 +45,10 @@
 //!    steps 6–8 would reach: the entry was admitted or re-checked under the current revision on
 //!    this interface after steps 6–7 passed for the same local address (the packet's tuple is the
 //!    entry's, or its reverse, and `D` or `!D` names the same local end), and every change to
-//!    `zt_endpoints` bumps the revision. A stale entry is kept for step 8.
+//!    `zt_endpoints` bumps the revision. A stale entry is kept for step 8. Every entry a packet
+//!    passes on is stamped with `config.clock` (and flagged `REPLIED` on a reply, `CLOSING` on a
+//!    TCP FIN or RST) through the lookup pointer; the agent deletes entries idle past their
+//!    timeout ([`crate::conntrack::expired`]).
 //! 6. `zt_endpoints[L]` missing → allow or drop by `config::flags::FAIL_CLOSED`
 //!    (`ALLOW_UNKNOWN_ENDPOINT` / `DROP_UNKNOWN_ENDPOINT`); its `ifindex` set and not the packet's
 //!    interface → drop (`DROP_SPOOFED`).
@@ -67,8 +73,9 @@
 //!    audit mode, allow (`ALLOW_AUDIT`) with an `AUDITED` event.
 //! 10. A new flow allowed in step 9 (9a and 9b included, so replies into an isolated direction
 //!     pass; 9d in audit mode flagged `AUDITED`) is recorded in conntrack as `(tuple, D)` on this
-//!     ifindex with the current revision, replacing any entry of that key, and publishes a
-//!     `NEW_FLOW` event (`AUDITED` for step 9d).
+//!     ifindex with the current revision and clock (inserted with `BPF_NOEXIST`; an entry of that
+//!     key is overwritten in place), and publishes a `NEW_FLOW` event (`AUDITED` for step 9d).
+//!     A full conntrack map cannot record it: drop (`DROP_CT_FULL`), never an untracked allow.
 //!
 //! The policy port is the packet's destination port for TCP, UDP and SCTP and 0 for every other
 //! protocol; ICMP echo flows use the echo identifier as both conntrack ports.
