@@ -796,8 +796,11 @@ patches:
                 "jsonpath={.items[0].spec.containers[0].securityContext.capabilities.add}",
             ])
             .is_ok_and(|s| {
-                let got: serde_json::Value = serde_json::from_str(&s).unwrap_or_default();
-                got.as_array().is_some_and(|a| a.len() == caps.len())
+                let mut got: Vec<String> = serde_json::from_str(&s).unwrap_or_default();
+                let mut want = caps.to_vec();
+                got.sort();
+                want.sort();
+                got == want
             })
     }
 
