@@ -45,3 +45,14 @@ fn policy_churn_moves_no_measured_verdict() {
         cases::churn(&binary().unwrap(), scale.churn_per_minute, scale.churn_for),
     );
 }
+
+#[test]
+fn a_full_policy_map_opens_nothing_and_recovers() {
+    let scale = Scale::QUICK;
+    let figures = cases::maps_full(&binary().unwrap(), scale.full_pods, scale.full_ports);
+    if let Ok(f) = &figures {
+        assert!(f.extra["unwritten_entries"] > 0, "{f:?}");
+        assert_eq!(f.extra["new_pod_leaked"], 0, "{f:?}");
+    }
+    judge("maps_full", figures);
+}

@@ -19,6 +19,9 @@ pub enum Error {
     PinRoot { path: PathBuf, message: String },
     #[error("eBPF: {0}")]
     Ebpf(String),
+    /// A map has no room for another entry (`E2BIG` from a hash map, `ENOSPC` from a trie).
+    #[error("eBPF map {map} is full")]
+    MapFull { map: &'static str },
     #[error("{0}")]
     Other(String),
 }

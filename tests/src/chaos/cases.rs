@@ -209,3 +209,103 @@ pub fn churn(agent: &Path, per_minute: u32, duration: Duration) -> anyhow::Resul
         .with("rss_before_kib", rss_before)
         .with("rss_after_kib", rss_after))
 }
+
+/// The bulk that overflows `zt_policy`: `pods` remote pods, each its own identity, admitted to
+/// `a` on `ports` ports by one policy — `pods × ports` entries for one subject.
+fn bulk(pods: u32, ports: u32) -> String {
+    let mut text = String::new();
+    for i in 0..pods {
+        text += &format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: bulk-{i}, namespace: ztch, labels: {{bulk: \"{i}\"}}}}\n\
+             spec: {{nodeName: elsewhere, containers: [{{name: c, image: x}}]}}\n\
+             status: {{phase: Running, podIP: 10.234.{}.{}}}\n",
+            i / 250,
+            1 + i % 250
+        );
+    }
+    let ports: Vec<String> = (0..ports)
+        .map(|p| format!("{{port: {}}}", 20000 + p))
+        .collect();
+    text += &format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: bulk, namespace: ztch}}\n\
+         spec:\n  podSelector: {{matchLabels: {{app: a}}}}\n  policyTypes: [Ingress]\n\
+         \x20 ingress: [{{from: [{{podSelector: {{matchExpressions: [{{key: bulk, operator: Exists}}]}}}}], ports: [{}]}}]\n",
+        ports.join(", ")
+    );
+    text
+}
+
+/// Pod `d`, isolated: only `b` may reach it.
+const D_POLICY: &str = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+    metadata: {name: d-in, namespace: ztch}\nspec:\n  podSelector: {matchLabels: {app: d}}\n\
+    \x20 policyTypes: [Ingress]\n  ingress: [{from: [{podSelector: {matchLabels: {app: b}}}]}]\n";
+
+/// `maps_full`: a policy whose entries (`pods × ports`) do not fit in `zt_policy`, under the
+/// traffic. The agent must write what fits and keep going: the full map is named on `/readyz`
+/// and in `zt_map_unwritten_entries`, established and already-written flows keep passing, a pod
+/// that arrives meanwhile is enforced (its policy isolates it; the denied client `c` cannot reach
+/// it), and once the bulk policy goes, every refused entry is written (`b` reaches `d`).
+pub fn maps_full(agent: &Path, pods: u32, ports: u32) -> anyhow::Result<Figures> {
+    const FULL_WITHIN: Duration = Duration::from_secs(120);
+    let mut node = started(agent)?;
+    let traffic = Traffic::start(&node);
+    let mut check = || -> anyhow::Result<(u64, u64, u64)> {
+        let bulk = bulk(pods, ports);
+        node.write(&bulk)?;
+        let since = Instant::now();
+        let unwritten = loop {
+            match node.metric("zt_map_unwritten_entries") {
+                Some(n) if n > 0.0 => break n as u64,
+                _ => {}
+            }
+            ensure!(
+                since.elapsed() < FULL_WITHIN,
+                "zt_policy never reported full:\n{}",
+                node.log_tail()
+            );
+            thread::sleep(Duration::from_millis(200));
+        };
+        let (status, why) = node.readyz();
+        ensure!(
+            status != 200 && why.contains(zt_common::names::MAP_POLICY),
+            "/readyz does not name the full map: {status} {why}"
+        );
+        node.add_pod("d")?;
+        node.serve("d")?;
+        node.write(&format!("{bulk}{D_POLICY}"))?;
+        let since = Instant::now();
+        while node.link_pins().len() < 8 {
+            ensure!(
+                since.elapsed() < READY,
+                "pod d was not attached:\n{}",
+                node.log_tail()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        // Its endpoint is written in the sync that attached it; give the next turn a moment.
+        thread::sleep(Duration::from_millis(1500));
+        let leaked = u64::from(node.connects("c", "d")?);
+        node.write(D_POLICY)?;
+        let since = Instant::now();
+        while !(node.readyz().0 == 200 && node.connects("b", "d")?) {
+            ensure!(
+                since.elapsed() < FULL_WITHIN,
+                "no recovery after the bulk policy went: {:?}\n{}",
+                node.readyz(),
+                node.log_tail()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+        Ok((unwritten, leaked, since.elapsed().as_millis() as u64))
+    };
+    let result = check();
+    let figures = Figures::new(traffic.stop()?);
+    let (unwritten, leaked, recovered_ms) = result?;
+    let mut figures = figures
+        .with("policy_entries_wanted", u64::from(pods) * u64::from(ports))
+        .with("unwritten_entries", unwritten)
+        .with("new_pod_leaked", leaked)
+        .with("recovered_ms", recovered_ms);
+    figures.traffic.leaked += leaked;
+    Ok(figures)
+}

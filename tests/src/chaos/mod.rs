@@ -5,7 +5,8 @@
 //!  node ─ a lab node namespace, pods a (servers) b (allowed) c (denied), the real agent
 //!  traffic ─ established TCP/UDP echoes, new connections (lost?), denied attempts (leaked?)
 //!  cases ─ restart (SIGKILL at random moments), iface_churn (pods come and go), churn (policy
-//!          updates that must not move a verdict, memory before and after)
+//!          updates that must not move a verdict, memory before and after), maps_full (more
+//!          policy entries than zt_policy holds: nothing opens, everything recovers)
 //! ```
 
 pub mod cases;
@@ -23,6 +24,9 @@ pub struct Scale {
     pub iface_rounds: u32,
     pub churn_per_minute: u32,
     pub churn_for: Duration,
+    /// Remote pods and ports of the policy that overflows `zt_policy` (1,048,576 entries).
+    pub full_pods: u32,
+    pub full_ports: u32,
 }
 
 impl Scale {
@@ -32,6 +36,8 @@ impl Scale {
         iface_rounds: 500,
         churn_per_minute: 1000,
         churn_for: Duration::from_secs(300),
+        full_pods: 1100,
+        full_ports: 1000,
     };
     /// What `cargo xtask test` runs: the same faults, a minute in all.
     pub const QUICK: Self = Self {
@@ -39,6 +45,8 @@ impl Scale {
         iface_rounds: 15,
         churn_per_minute: 1000,
         churn_for: Duration::from_secs(15),
+        full_pods: 1100,
+        full_ports: 1000,
     };
 }
 
@@ -53,6 +61,10 @@ pub fn run_all(agent: &Path, scale: Scale) -> anyhow::Result<BTreeMap<&'static s
     out.insert(
         "churn",
         cases::churn(agent, scale.churn_per_minute, scale.churn_for)?,
+    );
+    out.insert(
+        "maps_full",
+        cases::maps_full(agent, scale.full_pods, scale.full_ports)?,
     );
     Ok(out)
 }

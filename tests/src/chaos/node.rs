@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},
-    net::{Ipv4Addr, TcpListener, UdpSocket},
+    net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -31,6 +31,8 @@ use zt_common::{
 
 pub const TCP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 8081;
+/// The node's name: the agent enforces the pods with this `spec.nodeName`.
+pub const NODE_NAME: &str = "ztch-node";
 /// The pods every case starts with: the server, the allowed client, the denied client.
 pub const PODS: [&str; 3] = ["a", "b", "c"];
 
@@ -78,7 +80,7 @@ impl ChaosNode {
         for name in PODS {
             node.add_pod(name)?;
         }
-        node.serve()?;
+        node.serve("a")?;
         Ok(node)
     }
 
@@ -115,8 +117,18 @@ impl ChaosNode {
         }
     }
 
-    fn serve(&self) -> anyhow::Result<()> {
-        let a = &self.pod("a").netns;
+    /// Whether `from` opens a TCP connection to `to`'s echo server.
+    pub fn connects(&self, from: &str, to: &str) -> anyhow::Result<bool> {
+        let to = std::net::SocketAddr::from((self.pod(to).ipv4, TCP_PORT));
+        Ok(self
+            .pod(from)
+            .netns
+            .run(|| TcpStream::connect_timeout(&to, Duration::from_millis(300)).is_ok())?)
+    }
+
+    /// Starts the TCP and UDP echo servers in pod `name`.
+    pub fn serve(&self, name: &str) -> anyhow::Result<()> {
+        let a = &self.pod(name).netns;
         let tcp = a.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, TCP_PORT)))??;
         let udp = a.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_PORT)))??;
         thread::spawn(move || {
@@ -149,7 +161,7 @@ impl ChaosNode {
         for (n, name) in &self.names {
             text += &format!(
                 "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: ztch, labels: {{app: {name}}}}}\n\
-                 spec: {{containers: [{{name: c, image: x, ports: [{{containerPort: {TCP_PORT}}}, {{containerPort: {UDP_PORT}, protocol: UDP}}]}}]}}\n\
+                 spec: {{nodeName: {NODE_NAME}, containers: [{{name: c, image: x, ports: [{{containerPort: {TCP_PORT}}}, {{containerPort: {UDP_PORT}, protocol: UDP}}]}}]}}\n\
                  status: {{phase: Running, podIP: {ip}}}\n",
                 ip = pod_ip(*n)
             );
@@ -181,6 +193,7 @@ impl ChaosNode {
             .arg(format!("dir:{}", self.dir.join("manifests").display()))
             .arg("--pin-root")
             .arg(&self.pin_root)
+            .args(["--node-name", NODE_NAME])
             .args(["--listen", agent::LISTEN])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -223,6 +236,11 @@ impl ChaosNode {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `/readyz`'s status and body (0 and empty when the agent does not answer).
+    pub fn readyz(&self) -> (u16, String) {
+        agent::get(&self.node.netns, "/readyz").unwrap_or_default()
     }
 
     /// A metric of the agent's `/metrics`, summed over its label sets.

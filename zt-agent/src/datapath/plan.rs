@@ -36,6 +36,30 @@ pub enum MapWrite {
     BumpRevision,
 }
 
+impl StateDelta {
+    /// Takes out the changes whose writes a full map refused (inserts of new keys), so what is
+    /// left is what the maps now hold on top of the state the plan started from.
+    pub fn drop_refused(&mut self, refused: &[MapWrite]) {
+        for write in refused {
+            match write {
+                MapWrite::Policy(key, Op::Upsert(_)) => {
+                    self.policy.remove(key);
+                }
+                MapWrite::Identity(net, Op::Upsert(_)) => {
+                    self.identities.remove(net);
+                }
+                MapWrite::Endpoint(addr, Op::Upsert(_)) => {
+                    self.endpoints.remove(addr);
+                }
+                MapWrite::Policy(_, Op::Delete)
+                | MapWrite::Identity(_, Op::Delete)
+                | MapWrite::Endpoint(_, Op::Delete)
+                | MapWrite::BumpRevision => {}
+            }
+        }
+    }
+}
+
 /// The ordered writes that apply `delta` on top of `applied` (see the module docs).
 pub fn plan(applied: &DatapathState, delta: &StateDelta) -> Vec<MapWrite> {
     let mut writes = Vec::with_capacity(delta.len() + 1);
@@ -140,6 +164,34 @@ mod tests {
             protocol: 6,
             tuple: 16,
         }
+    }
+
+    #[test]
+    fn refused_inserts_leave_the_delta_and_the_rest_stays() {
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
+        let mut delta = StateDelta::default();
+        delta
+            .policy
+            .insert(key(1, 2), Some(PolicyValue { policy_ref: 1 }));
+        delta
+            .policy
+            .insert(key(1, 3), Some(PolicyValue { policy_ref: 1 }));
+        delta.policy.insert(key(1, 4), None);
+        delta.identities.insert(IpNet::from(a), Some(7));
+        delta.endpoints.insert(a, Some(ep(7, 0, 1)));
+        delta.endpoints.insert(b, Some(ep(8, 0, 1)));
+        let refused = [
+            MapWrite::Policy(key(1, 3), Op::Upsert(PolicyValue { policy_ref: 1 })),
+            MapWrite::Endpoint(b, Op::Upsert(ep(8, 0, 1))),
+        ];
+        let mut kept = delta.clone();
+        kept.drop_refused(&refused);
+        assert_eq!(
+            kept.policy.keys().copied().collect::<Vec<_>>(),
+            vec![key(1, 2), key(1, 4)]
+        );
+        assert_eq!(kept.identities, delta.identities);
+        assert_eq!(kept.endpoints.keys().copied().collect::<Vec<_>>(), vec![a]);
     }
 
     #[test]

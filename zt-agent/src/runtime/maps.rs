@@ -95,11 +95,46 @@ where
 }
 
 /// Applies `writes` in order; stops at the first failure (the caller re-reads the maps then).
-pub fn apply(ebpf: &mut Ebpf, writes: &[MapWrite]) -> Result<()> {
+/// Applies `writes` in order. An insert that a full map refuses is skipped, not fatal: the plan's
+/// order is safe with any subset of its inserts missing (an allow entry that is absent denies; an
+/// endpoint written without all its entries is isolated, never open), so the rest of the plan,
+/// deletes included, still runs, and the refused inserts are tried once more after it, in the
+/// room the deletes made. Returns the writes still refused. Any other failure stops the sync.
+pub fn apply(ebpf: &mut Ebpf, writes: &[MapWrite]) -> Result<Vec<MapWrite>> {
+    let mut refused = Vec::new();
     for write in writes {
-        apply_one(ebpf, write)?;
+        match apply_one(ebpf, write) {
+            Ok(()) => {}
+            Err(Error::MapFull { .. }) => refused.push(*write),
+            Err(error) => return Err(error),
+        }
     }
-    Ok(())
+    let mut still = Vec::new();
+    for write in refused {
+        match apply_one(ebpf, &write) {
+            Ok(()) => {}
+            Err(Error::MapFull { .. }) => still.push(write),
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(still)
+}
+
+/// The map a write goes to, as named in `zt_common::names` (for single addresses, the host map).
+pub fn map_of(write: &MapWrite) -> &'static str {
+    match write {
+        MapWrite::Policy(..) => names::MAP_POLICY,
+        MapWrite::Endpoint(..) => names::MAP_ENDPOINTS,
+        MapWrite::Identity(IpNet::V4(net), _) if net.prefix_len() == 32 => {
+            names::MAP_HOST_IDENTITY_V4
+        }
+        MapWrite::Identity(IpNet::V6(net), _) if net.prefix_len() == 128 => {
+            names::MAP_HOST_IDENTITY_V6
+        }
+        MapWrite::Identity(IpNet::V4(_), _) => names::MAP_IDENTITY_V4,
+        MapWrite::Identity(IpNet::V6(_), _) => names::MAP_IDENTITY_V6,
+        MapWrite::BumpRevision => names::MAP_CONFIG,
+    }
 }
 
 fn apply_one(ebpf: &mut Ebpf, write: &MapWrite) -> Result<()> {
@@ -146,8 +181,8 @@ fn apply_one(ebpf: &mut Ebpf, write: &MapWrite) -> Result<()> {
 /// one would still answer for the address.
 fn write_host<K: Pod>(
     ebpf: &mut Ebpf,
-    host: &str,
-    trie: &str,
+    host: &'static str,
+    trie: &'static str,
     addr: K,
     bits: u32,
     op: Op<u32>,
@@ -166,25 +201,52 @@ fn identity_op(op: Op<u32>) -> Op<IdentityValue> {
 }
 
 /// One upsert or delete in a hash map; deleting an absent key is not an error.
-fn write_hash<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &str, key: K, op: Op<V>) -> Result<()> {
+fn write_hash<K: Pod, V: Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    key: K,
+    op: Op<V>,
+) -> Result<()> {
     let mut m: HashMap<_, K, V> =
         HashMap::try_from(map_mut(ebpf, name)?).map_err(ebpf_err(name))?;
     match op {
         Op::Upsert(v) => m.insert(key, v, 0),
         Op::Delete => ignore_missing(m.remove(&key)),
     }
-    .map_err(ebpf_err(name))
+    .map_err(write_err(name))
 }
 
 /// One upsert or delete in an identity trie; deleting an absent prefix is not an error.
-fn write_lpm<K: Pod>(ebpf: &mut Ebpf, name: &str, key: LpmKey<K>, op: Op<u32>) -> Result<()> {
+fn write_lpm<K: Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    key: LpmKey<K>,
+    op: Op<u32>,
+) -> Result<()> {
     let mut m: LpmTrie<_, K, IdentityValue> =
         LpmTrie::try_from(map_mut(ebpf, name)?).map_err(ebpf_err(name))?;
     match op {
         Op::Upsert(identity) => m.insert(&key, IdentityValue { identity }, 0),
         Op::Delete => ignore_missing(m.remove(&key)),
     }
-    .map_err(ebpf_err(name))
+    .map_err(write_err(name))
+}
+
+/// A refused write: [`Error::MapFull`] when the map has no room (a hash map says `E2BIG`, a trie
+/// `ENOSPC`), [`Error::Ebpf`] otherwise.
+fn write_err(name: &'static str) -> impl Fn(MapError) -> Error {
+    move |e| match &e {
+        MapError::SyscallError(s)
+            if matches!(
+                s.io_error.raw_os_error(),
+                Some(code) if code == nix::errno::Errno::E2BIG as i32
+                    || code == nix::errno::Errno::ENOSPC as i32
+            ) =>
+        {
+            Error::MapFull { map: name }
+        }
+        _ => Error::Ebpf(format!("{name}: {e}")),
+    }
 }
 
 /// A delete of an absent key succeeds. aya reports that as `KeyNotFound` for hash maps and as

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub local_endpoints: Gauge,
     pub unattached_endpoints: Gauge,
     pub map_entries: Family<MapLabel, Gauge>,
+    pub map_full: Family<MapLabel, Counter>,
+    pub map_unwritten: Family<MapLabel, Gauge>,
     pub packets: Family<ReasonLabel, Counter>,
     pub events: Family<EventLabel, Counter>,
     pub events_lost: Counter,
@@ -118,6 +120,16 @@ impl Metrics {
             "zt_map_entries",
             "Entries the agent keeps in each map",
             m.map_entries.clone(),
+        );
+        registry.register(
+            "zt_map_full",
+            "Times a map was found full: inserts it refused, whose flows are denied meanwhile",
+            m.map_full.clone(),
+        );
+        registry.register(
+            "zt_map_unwritten_entries",
+            "Entries the agent needs that a full map refused in the last sync (0: none)",
+            m.map_unwritten.clone(),
         );
         registry.register(
             "zt_datapath_packets",

@@ -57,7 +57,7 @@ use self::{
 use crate::{
     cli::RunArgs,
     compiler::{Compiler, Locality, Options},
-    datapath::{self, DatapathState, StateDelta, state::diff_maps},
+    datapath::{self, DatapathState, MapWrite, StateDelta, state::diff_maps},
     error::{Error, Result},
     index::Index,
     resource::{Kind, SourceEvent},
@@ -234,6 +234,7 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
         config,
         verify: Schedule::new(args.verify_interval()),
         clock: expiry::Clock::default(),
+        unwritten: BTreeMap::new(),
     };
     control.run(rx).await;
     drop(lock);
@@ -302,6 +303,8 @@ struct Control {
     verify: Schedule,
     /// The conntrack clock in `zt_config` (this loop is its only writer).
     clock: expiry::Clock,
+    /// Entries full maps refused in the last sync, by map.
+    unwritten: BTreeMap<&'static str, usize>,
 }
 
 impl Control {
@@ -439,6 +442,16 @@ impl Control {
             .set(self.attacher.len() as i64);
         let why_not = if !synced {
             Some("the last map sync failed".to_owned())
+        } else if !self.unwritten.is_empty() {
+            let full: Vec<String> = self
+                .unwritten
+                .iter()
+                .map(|(map, n)| format!("{map} ({n} entries not written)"))
+                .collect();
+            Some(format!(
+                "full maps: {}; what those entries would allow is denied",
+                full.join(", ")
+            ))
         } else if attach_failed > 0 {
             Some(format!("{attach_failed} interfaces failed to attach"))
         } else if unattached > 0 {
@@ -503,15 +516,19 @@ impl Control {
         let writes = datapath::plan(&self.applied, &delta);
         let result = maps::apply(&mut self.loaded.ebpf, &writes);
         match result {
-            Ok(()) => {
+            Ok(refused) => {
                 tracing::info!(
                     endpoints = delta.endpoints.len(),
                     identities = delta.identities.len(),
                     policy = delta.policy.len(),
                     writes = writes.len(),
+                    refused = refused.len(),
                     "synced the maps"
                 );
+                let mut delta = delta;
+                delta.drop_refused(&refused);
                 self.applied.apply(&delta);
+                self.note_refused(&refused);
                 self.metrics.syncs.inc();
                 self.metrics.sync_writes.inc_by(writes.len() as u64);
                 for (map, n) in [
@@ -533,6 +550,42 @@ impl Control {
                 false
             }
         }
+    }
+
+    /// Records the inserts full maps refused in this sync: the next sync diffs everything again
+    /// (so they are retried as soon as there is room), readiness names the maps, and the
+    /// metrics count them. What they would have allowed is denied meanwhile (see `maps::apply`).
+    fn note_refused(&mut self, refused: &[MapWrite]) {
+        let mut by_map: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for write in refused {
+            *by_map.entry(maps::map_of(write)).or_default() += 1;
+        }
+        for map in self.unwritten.keys().chain(by_map.keys()) {
+            self.metrics
+                .map_unwritten
+                .get_or_create(&MapLabel { map: (*map).into() })
+                .set(by_map.get(map).copied().unwrap_or(0) as i64);
+        }
+        for (map, n) in &by_map {
+            if !self.unwritten.contains_key(map) {
+                tracing::error!(
+                    map,
+                    entries = n,
+                    "map is full: entries the policies need cannot be written; the flows they \
+                     would allow are denied (never allowed) until there is room. Fewer policies, \
+                     ports or pods on this node make room; the agent retries every turn"
+                );
+                self.metrics
+                    .map_full
+                    .get_or_create(&MapLabel { map: (*map).into() })
+                    .inc();
+            }
+        }
+        if by_map.is_empty() && !self.unwritten.is_empty() {
+            tracing::info!("every refused entry is written now: no map is full any more");
+        }
+        self.full_diff |= !by_map.is_empty();
+        self.unwritten = by_map;
     }
 
     /// Reads the maps back and compares them with `applied`; on any difference counts it and
