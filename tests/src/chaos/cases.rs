@@ -61,7 +61,12 @@ impl Rng {
 }
 
 fn started(agent: &Path) -> anyhow::Result<ChaosNode> {
+    started_with(agent, &[])
+}
+
+fn started_with(agent: &Path, flags: &[&'static str]) -> anyhow::Result<ChaosNode> {
     let mut node = ChaosNode::new()?;
+    node.agent_flags.extend(flags);
     node.write("")?;
     node.start_agent(agent)?;
     node.wait_ready(READY)?;
@@ -245,31 +250,35 @@ const D_POLICY: &str = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPoli
 /// and in `zt_map_unwritten_entries`, established and already-written flows keep passing, a pod
 /// that arrives meanwhile is enforced (its policy isolates it; the denied client `c` cannot reach
 /// it), and once the bulk policy goes, every refused entry is written (`b` reaches `d`).
+///
+/// The agent runs `--fail-open`: there a pod without its endpoint entry is let through, so that is
+/// where a full map could open a hole.
 pub fn maps_full(agent: &Path, pods: u32, ports: u32) -> anyhow::Result<Figures> {
     const FULL_WITHIN: Duration = Duration::from_secs(120);
-    let mut node = started(agent)?;
+    let mut node = started_with(agent, &["--fail-open"])?;
     let traffic = Traffic::start(&node);
     let mut check = || -> anyhow::Result<(u64, u64, u64)> {
         let bulk = bulk(pods, ports);
         node.write(&bulk)?;
         let since = Instant::now();
+        // The metric is set in the sync, readiness at the end of the same turn: wait for both.
         let unwritten = loop {
+            let (status, why) = node.readyz();
             match node.metric("zt_map_unwritten_entries") {
-                Some(n) if n > 0.0 => break n as u64,
+                Some(n)
+                    if n > 0.0 && status == 503 && why.contains(zt_common::names::MAP_POLICY) =>
+                {
+                    break n as u64;
+                }
                 _ => {}
             }
             ensure!(
                 since.elapsed() < FULL_WITHIN,
-                "zt_policy never reported full:\n{}",
+                "zt_policy never reported full on /readyz and in metrics: {status} {why}\n{}",
                 node.log_tail()
             );
             thread::sleep(Duration::from_millis(200));
         };
-        let (status, why) = node.readyz();
-        ensure!(
-            status != 200 && why.contains(zt_common::names::MAP_POLICY),
-            "/readyz does not name the full map: {status} {why}"
-        );
         node.add_pod("d")?;
         node.serve("d")?;
         node.write(&format!("{bulk}{D_POLICY}"))?;

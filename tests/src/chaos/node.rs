@@ -49,6 +49,8 @@ pub struct ChaosNode {
     names: Vec<(usize, String)>,
     pub pin_root: PathBuf,
     pub dir: PathBuf,
+    /// Flags every start of the agent gets besides the node's own.
+    pub agent_flags: Vec<&'static str>,
     agent: Option<Child>,
 }
 
@@ -75,6 +77,7 @@ impl ChaosNode {
             names: Vec::new(),
             pin_root: PathBuf::from(format!("/sys/fs/bpf/ztch-{id}")),
             dir,
+            agent_flags: Vec::new(),
             agent: None,
         };
         for name in PODS {
@@ -194,6 +197,7 @@ impl ChaosNode {
             .arg("--pin-root")
             .arg(&self.pin_root)
             .args(["--node-name", NODE_NAME])
+            .args(&self.agent_flags)
             .args(["--listen", agent::LISTEN])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
