@@ -30,6 +30,9 @@ pub const MAP_FRAGMENTS: &str = "zt_frag";
 pub const MAP_COUNTERS: &str = "zt_counters";
 pub const MAP_EVENTS: &str = "zt_events";
 pub const MAP_OPEN_IFS: &str = "zt_open_ifs";
+/// Per-CPU scratch memory of one program run (the packet being decided). The one map that is not
+/// pinned: it holds nothing between runs, so each load of the object has its own.
+pub const MAP_SCRATCH: &str = "zt_scratch";
 
 /// Every map the agent pins, so a restarted agent can adopt them.
 pub const PINNED_MAPS: [&str; 13] = [

@@ -23,6 +23,9 @@ pub const DROP_REVOKED: u8 = 22;
 /// A new flow that policy allows, but conntrack is full: it cannot be recorded, so it does not
 /// start (its replies could not pass). Established flows keep their entries and pass.
 pub const DROP_CT_FULL: u8 = 23;
+/// The program could not get its per-CPU scratch slot (`zt_scratch`, index 0 of a one-entry
+/// array: cannot happen on a loaded object). Fails closed, counted, no event.
+pub const DROP_INTERNAL: u8 = 24;
 
 /// Entries of `zt_counters`.
 pub const COUNT: u32 = 32;
@@ -53,6 +56,7 @@ pub const fn name(reason: u8) -> &'static str {
         DROP_POLICY_EGRESS => "drop_policy_egress",
         DROP_REVOKED => "drop_revoked",
         DROP_CT_FULL => "drop_ct_full",
+        DROP_INTERNAL => "drop_internal",
         _ => "unknown",
     }
 }

@@ -10,13 +10,17 @@
 
 use zt_common::conntrack::FragValue;
 
-use crate::{keys::FragKey, maps::FRAGMENTS, packet::Packet};
+use crate::{
+    keys::{FragKey, copy_addr},
+    maps::FRAGMENTS,
+    packet::Packet,
+};
 
 #[inline(always)]
 fn key(pkt: &Packet) -> FragKey {
     FragKey {
-        src: pkt.tuple.src,
-        dst: pkt.tuple.dst,
+        src: copy_addr(&pkt.tuple.src),
+        dst: copy_addr(&pkt.tuple.dst),
         id: pkt.frag_id,
         protocol: pkt.tuple.protocol,
         _pad0: 0,

@@ -10,24 +10,46 @@ use zt_common::{conntrack, endpoint, event};
 /// An address as four words of network-order bytes (the same bytes as `zt_common::Addr`).
 pub type Addr32 = [u32; 4];
 
-/// Zeroes `v` in place, word by word, and returns it initialised.
+/// Zeroes the `T` at `p` (here: this CPU's scratch slot, see `scratch`) in place, word by word,
+/// and returns it initialised.
 ///
 /// `Default::default()`, a literal full of zeros, or even moving a zeroed value becomes a call to
 /// a byte-loop `memset`/`memcpy` on BPF (LLVM does not expand those inline there); volatile word
 /// stores into the final location cannot be fused into one.
+///
+/// # Safety
+/// `p` must be valid for writes of a `T`, aligned for it, and not aliased while the returned
+/// reference lives.
 #[inline(always)]
-pub fn zero<T>(v: &mut core::mem::MaybeUninit<T>) -> &mut T {
+pub unsafe fn zero_in_place<'a, T>(p: *mut T) -> &'a mut T {
     const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
-    let words = v.as_mut_ptr().cast::<u32>();
+    let words = p.cast::<u32>();
     let mut i = 0;
     while i < core::mem::size_of::<T>() / 4 {
-        // SAFETY: within `v`, suitably aligned (asserted above).
+        // SAFETY: within `*p`, suitably aligned (asserted above, and by the caller).
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
         i += 1;
     }
-    // SAFETY: every byte was written, and all-zero is a valid value of every type used here
-    // (integers and arrays of integers).
-    unsafe { v.assume_init_mut() }
+    // SAFETY: every byte was written, all-zero is a valid value of every type used here, and
+    // the caller guarantees validity and exclusivity.
+    unsafe { &mut *p }
+}
+
+/// Copies the `T` at `src` (map memory) to `dst` (here: the scratch slot) word by word. A plain
+/// assignment of a struct between two map values becomes a `memmove` call on BPF.
+///
+/// # Safety
+/// `src` must be valid for reads and `dst` for writes of a `T`, both aligned for it.
+#[inline(always)]
+pub unsafe fn copy_words<T: Copy>(dst: *mut T, src: *const T) {
+    const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    let (d, s) = (dst.cast::<u32>(), src.cast::<u32>());
+    let mut i = 0;
+    while i < core::mem::size_of::<T>() / 4 {
+        // SAFETY: within `*src` and `*dst`, suitably aligned (asserted above, and by the caller).
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+        i += 1;
+    }
 }
 
 /// `[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]` as the third word of an IPv4-mapped address.

@@ -20,14 +20,13 @@ mod open;
 mod packet;
 mod parse;
 mod policy;
+mod scratch;
 mod verdict;
 
-use core::mem::MaybeUninit;
-
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use zt_common::{config::Config, direction};
+use zt_common::{direction, reason};
 
-use crate::{maps::CONFIG, packet::Packet};
+use crate::maps::CONFIG;
 
 /// Attached at TC *ingress* of the pod's host-side interface: sees what the pod sends, so it
 /// enforces the pod's egress.
@@ -47,12 +46,14 @@ pub fn zt_to_pod(ctx: TcContext) -> i32 {
 /// datapath`. Never attached by the agent.
 #[classifier]
 pub fn zt_baseline(ctx: TcContext) -> i32 {
-    let mut pkt = MaybeUninit::<Packet>::uninit();
-    let pkt = keys::zero(&mut pkt);
-    let _ = parse::parse(&ctx, pkt);
-    // Keep the parse result observable so the compiler cannot drop the parsing.
-    // SAFETY: a volatile read of a local.
-    let _ = unsafe { core::ptr::read_volatile(pkt) };
+    // The packet in its scratch slot, as the real programs have it.
+    if let Some(s) = scratch::get() {
+        let pkt = &mut s.pkt;
+        let _ = parse::parse(&ctx, pkt);
+        // Keep the parse result observable so the compiler cannot drop the parsing.
+        // SAFETY: a volatile read of this CPU's initialised scratch slot.
+        let _ = unsafe { core::ptr::read_volatile(&pkt.tuple.dport) };
+    }
     TC_ACT_OK
 }
 
@@ -67,14 +68,15 @@ pub fn zt_bench_flow(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_classify(ctx: &TcContext, dir: u8) -> i32 {
-    let cfg = match CONFIG.get(0) {
-        Some(c) => *c,
-        None => Config::default(),
+    let Some(s) = scratch::get() else {
+        return verdict::fail_closed(reason::DROP_INTERNAL);
     };
-    let mut pkt = MaybeUninit::<Packet>::uninit();
-    let pkt = keys::zero(&mut pkt);
-    let v = decide::decide(ctx, &cfg, dir, pkt);
-    verdict::finish(ctx, &cfg, pkt, &v)
+    if let Some(c) = CONFIG.get_ptr(0) {
+        // SAFETY: a map value pointer returned by the kernel, and this run's scratch slot.
+        unsafe { keys::copy_words(&mut s.cfg, c) };
+    }
+    decide::decide(ctx, dir, s);
+    verdict::finish(ctx, &s.cfg, &s.pkt, &s.verdict)
 }
 
 #[cfg(not(test))]

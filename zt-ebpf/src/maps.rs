@@ -1,6 +1,7 @@
 //! Every map the programs use, pinned by name so the agent (and a restarted agent) shares them.
 //! Names and capacities come from `zt_common::names`; a kernel test checks the object declares
-//! exactly those names. Keys are the word-aligned views of `keys`, byte-identical to the contract's.
+//! exactly those names. The one exception is `zt_scratch`, per-run memory that is never pinned
+//! (see `scratch`). Keys are the word-aligned views of `keys`, byte-identical to the contract's.
 
 use aya_ebpf::{
     macros::map,
@@ -16,7 +17,10 @@ use zt_common::{
     reason,
 };
 
-use crate::keys::{Addr32, CtKey4, CtKey6, EndpointKey, FragKey};
+use crate::{
+    keys::{Addr32, CtKey4, CtKey6, EndpointKey, FragKey},
+    scratch::Scratch,
+};
 
 #[map(name = "zt_config")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
@@ -61,3 +65,7 @@ pub static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS, 0);
 /// neither direction (see `open`).
 #[map(name = "zt_open_ifs")]
 pub static OPEN_IFS: Array<u32> = Array::pinned(capacity::OPEN_IFS, 0);
+
+/// This CPU's run memory (see `scratch`). Not pinned: it holds nothing between runs.
+#[map(name = "zt_scratch")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -27,6 +27,7 @@ pub struct Decision {
 }
 
 /// A flow to evaluate: as admitted in `direction`.
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Query {
     pub peer: Addr32,

@@ -17,8 +17,9 @@ use crate::{
     packet::Packet,
 };
 
-/// A decision and what its event reports.
-#[derive(Clone, Copy)]
+/// A decision and what its event reports. Lives in the run's scratch slot (see `scratch`), zeroed
+/// at the start of the run.
+#[repr(C)]
 pub struct Verdict {
     pub reason: u8,
     pub direction: u8,
@@ -31,22 +32,10 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The decision's reason (its last step).
     #[inline(always)]
-    pub fn new(direction: u8) -> Self {
-        Self {
-            reason: 0,
-            direction,
-            event: 0,
-            local_identity: 0,
-            peer_identity: 0,
-            policy_ref: 0,
-        }
-    }
-
-    #[inline(always)]
-    pub fn with(mut self, reason: u8) -> Self {
+    pub fn set(&mut self, reason: u8) {
         self.reason = reason;
-        self
     }
 }
 
@@ -56,12 +45,25 @@ pub fn ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
+/// The exit of a run that could not even hold a packet: count `reason` and drop, no event (there
+/// is no tuple to report).
 #[inline(always)]
-pub fn finish(ctx: &TcContext, cfg: &Config, pkt: &Packet, v: &Verdict) -> i32 {
-    if let Some(c) = COUNTERS.get_ptr_mut(v.reason as u32) {
+pub fn fail_closed(reason: u8) -> i32 {
+    count(reason);
+    TC_ACT_SHOT
+}
+
+#[inline(always)]
+fn count(reason: u8) {
+    if let Some(c) = COUNTERS.get_ptr_mut(reason as u32) {
         // SAFETY: this CPU's slot of a per-CPU array; nothing else writes it concurrently.
         unsafe { *c += 1 };
     }
+}
+
+#[inline(always)]
+pub fn finish(ctx: &TcContext, cfg: &Config, pkt: &Packet, v: &Verdict) -> i32 {
+    count(v.reason);
     let drop = reason::is_drop(v.reason);
     let (kind, bit) = if drop {
         (kind::DENIED, event_mask::DENIED)
