@@ -9,7 +9,7 @@ use std::{
 };
 
 use zt_agent::lab::{Lab, Timeouts, state};
-use zt_tests::lab_support::{cluster_yaml, resources, upstream_labels};
+use zt_tests::lab_support::{cluster_yaml, explain_disagreements, resources, upstream_labels};
 
 fn require_root() {
     assert!(
@@ -95,6 +95,8 @@ status: {podIPs: [{ip: 10.88.9.2}, {ip: 'fd00:88::2'}]}
             .all(|o| o.allowed),
         "{report:?}"
     );
+    let disagree = explain_disagreements(&lab, &report);
+    assert!(disagree.is_empty(), "{disagree:#?}");
 }
 
 #[test]
@@ -206,6 +208,8 @@ spec:
         );
     }
     assert_eq!(report.results.len(), expect.len());
+    let disagree = explain_disagreements(&lab, &report);
+    assert!(disagree.is_empty(), "{disagree:#?}");
 }
 
 /// The zt-agent binary of this target dir (tests run from target/<profile>/deps).
