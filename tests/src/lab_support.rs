@@ -210,6 +210,12 @@ pub fn converge(lab: &Lab, what: &str, rule: &dyn Fn(&Flow<'_>) -> bool, deadlin
 pub fn explain_disagreements(lab: &Lab, report: &Report) -> Vec<String> {
     let explained = zt_agent::explain::offline(lab.manifests(), &Default::default())
         .unwrap_or_else(|e| panic!("explain --manifests {}: {e}", lab.manifests().display()));
+    disagreements(&explained, report)
+}
+
+/// The probes of `report` whose verdict `explained` differs from, one line each, plus probes
+/// one has and the other has not.
+pub fn disagreements(explained: &zt_agent::explain::Explanation, report: &Report) -> Vec<String> {
     let key = |v6: bool, from: &str, to: &str, port: u16, protocol: Protocol| {
         let family = if v6 { "IPv6" } else { "IPv4" };
         format!("{from} → {to} {}/{port} over {family}", protocol.as_str())

@@ -153,6 +153,9 @@ pub struct RunArgs {
     /// back (`zt_map_drift_total`) and repair them.
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub verify_interval: u64,
+    /// The control socket `zt-agent explain` asks (mode 0600, root peers only).
+    #[arg(long, default_value = crate::explain::CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
 }
 
 impl RunArgs {

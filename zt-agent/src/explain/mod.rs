@@ -13,6 +13,7 @@
 
 pub mod query;
 pub mod render;
+pub mod wire;
 
 use std::{net::IpAddr, path::Path};
 
@@ -349,35 +350,24 @@ impl Offline {
 /// Where the running agent serves explain (and flows): root only.
 pub const CONTROL_SOCKET: &str = "/run/zt/control.sock";
 
-/// The filters of `args`, parsed.
-pub fn query_of(args: &crate::cli::ExplainArgs) -> Result<Query> {
-    let protocol = args
-        .protocol
-        .as_deref()
-        .map(|p| {
-            Protocol::parse(&p.to_ascii_uppercase()).ok_or_else(|| {
-                crate::Error::Other(format!("--protocol {p:?}: expected TCP, UDP or SCTP"))
-            })
-        })
-        .transpose()?;
-    Ok(Query {
-        from: args.from.as_deref().map(Target::parse).transpose()?,
-        to: args.to.as_deref().map(Target::parse).transpose()?,
+/// The filters of `args`.
+fn filters_of(args: &crate::cli::ExplainArgs) -> wire::Filters {
+    wire::Filters {
+        from: args.from.clone(),
+        to: args.to.clone(),
         port: args.port,
-        protocol,
-    })
+        protocol: args.protocol.clone(),
+    }
 }
 
-/// `zt-agent explain`.
+/// `zt-agent explain`: offline with `--manifests`, else from the running agent.
 pub fn main(args: crate::cli::ExplainArgs) -> Result<()> {
-    let query = query_of(&args)?;
+    let filters = filters_of(&args);
     let explanation = match &args.manifests {
-        Some(dir) => offline(dir, &query)?,
+        Some(dir) => offline(dir, &filters.query()?)?,
         None => {
-            return Err(crate::Error::Other(format!(
-                "no --manifests: asking the running agent ({}) is not built yet",
-                args.socket.display()
-            )));
+            filters.query()?; // a bad filter is refused before asking
+            wire::ask(&args.socket, &filters)?
         }
     };
     if args.json {
@@ -389,6 +379,58 @@ pub fn main(args: crate::cli::ExplainArgs) -> Result<()> {
         print!("{}", render::text(&explanation));
     }
     Ok(())
+}
+
+/// The pods an online explanation probes, from the agent's index: each pod with an IPv4
+/// address, on its named ports (the index keeps only those) and on the port the query names.
+pub fn pods_of(index: &Index, query: &Query) -> Vec<LabPod> {
+    let asked: Vec<crate::lab::plan::Port> = match query.port {
+        None => Vec::new(),
+        Some(port) => match query.protocol {
+            Some(p) => vec![p],
+            None => vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp],
+        }
+        .into_iter()
+        .map(|protocol| crate::lab::plan::Port { port, protocol })
+        .collect(),
+    };
+    let mut pods = Vec::new();
+    for ((namespace, name), info) in &index.pods {
+        if info.host_network {
+            continue;
+        }
+        let Some(ipv4) = info.ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        }) else {
+            continue;
+        };
+        let ipv6 = info.ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        });
+        let mut ports: Vec<crate::lab::plan::Port> = info
+            .named_ports
+            .iter()
+            .filter_map(|n| {
+                Some(crate::lab::plan::Port {
+                    port: u16::try_from(n.port).ok().filter(|p| *p != 0)?,
+                    protocol: Protocol::parse(&n.protocol)?,
+                })
+            })
+            .chain(asked.iter().copied())
+            .collect();
+        ports.sort();
+        ports.dedup();
+        pods.push(LabPod {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            ipv4,
+            ipv6,
+            ports,
+        });
+    }
+    pods
 }
 
 #[cfg(test)]

@@ -268,6 +268,11 @@ impl Lab {
         &self.manifests
     }
 
+    /// The agent's control socket (`zt-agent explain` without `--manifests` asks it).
+    pub fn control_socket(&self) -> PathBuf {
+        self.agent.control_socket()
+    }
+
     /// The agent's log file.
     pub fn agent_log(&self) -> &Path {
         &self.agent.log
