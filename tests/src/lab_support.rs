@@ -2,7 +2,9 @@
 //! namespaces x, y, z; pods a, b, c in each; every pod serving TCP and UDP on 80 and 81 under the
 //! upstream port names (`serve-80-tcp`, …). Expectations are written as a rule over flows (the
 //! case's semantics in one line), and [`converge`] probes the lab until the matrix matches the
-//! rule or a deadline passes, then reports every mismatching flow.
+//! rule or a deadline passes, then reports every mismatching flow. Once the packets match, it
+//! checks that `zt-agent explain --manifests` on the folder the agent follows gives every probe
+//! the same verdict ([`explain_disagreements`]).
 
 use std::{
     fmt::Write as _,
@@ -179,6 +181,13 @@ pub fn converge(lab: &Lab, what: &str, rule: &dyn Fn(&Flow<'_>) -> bool, deadlin
         );
         let wrong = mismatches(&report, rule);
         if wrong.is_empty() {
+            let disagree = explain_disagreements(lab, &report);
+            assert!(
+                disagree.is_empty(),
+                "{what}: `explain --manifests` disagrees with the packets on {} flows:\n{}",
+                disagree.len(),
+                disagree.join("\n")
+            );
             return;
         }
         if started.elapsed() > deadline {
@@ -193,6 +202,60 @@ pub fn converge(lab: &Lab, what: &str, rule: &dyn Fn(&Flow<'_>) -> bool, deadlin
             );
         }
     }
+}
+
+/// The probes whose verdict `zt-agent explain --manifests` (computed in-process, on the folder
+/// the lab's agent follows) differs from what the packets of `report` found, one line each; an
+/// explanation that misses a probe, or has one the lab did not run, counts too.
+pub fn explain_disagreements(lab: &Lab, report: &Report) -> Vec<String> {
+    let explained = zt_agent::explain::offline(lab.manifests(), &Default::default())
+        .unwrap_or_else(|e| panic!("explain --manifests {}: {e}", lab.manifests().display()));
+    disagreements(&explained, report)
+}
+
+/// The probes of `report` whose verdict `explained` differs from, one line each, plus probes
+/// one has and the other has not.
+pub fn disagreements(explained: &zt_agent::explain::Explanation, report: &Report) -> Vec<String> {
+    let key = |v6: bool, from: &str, to: &str, port: u16, protocol: Protocol| {
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        format!("{from} → {to} {}/{port} over {family}", protocol.as_str())
+    };
+    let probed: std::collections::BTreeMap<String, bool> =
+        (report.results.iter().map(|o| (false, o)))
+            .chain(report.results_ipv6.iter().map(|o| (true, o)))
+            .map(|(v6, o)| (key(v6, &o.from, &o.to, o.port, o.protocol), o.allowed))
+            .collect();
+    let mut out = Vec::new();
+    let mut seen = 0;
+    for (v6, e) in (explained.results.iter().map(|e| (false, e)))
+        .chain(explained.results_ipv6.iter().map(|e| (true, e)))
+    {
+        let k = key(v6, &e.from, &e.to, e.port, e.protocol);
+        match probed.get(&k) {
+            Some(&allowed) => {
+                seen += 1;
+                if allowed != e.allowed {
+                    out.push(format!(
+                        "{k}: packets {}, explain {} (egress {}, ingress {})",
+                        verdict(allowed),
+                        verdict(e.allowed),
+                        e.egress.reason,
+                        e.ingress.reason
+                    ));
+                }
+            }
+            // SCTP over IPv6 is not probed; the lab lists it in not_probed.
+            None if e.protocol == Protocol::Sctp => {}
+            None => out.push(format!("{k}: explained but not probed")),
+        }
+    }
+    if seen != probed.len() {
+        out.push(format!(
+            "{} probes ran, {seen} of them were explained",
+            probed.len()
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

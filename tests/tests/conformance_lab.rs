@@ -8,8 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use zt_agent::lab::{Lab, Timeouts, state};
-use zt_tests::lab_support::{cluster_yaml, resources, upstream_labels};
+use zt_agent::lab::{Lab, Protocol, Timeouts, state};
+use zt_tests::lab_support::{
+    cluster_yaml, disagreements, explain_disagreements, resources, upstream_labels,
+};
 
 fn require_root() {
     assert!(
@@ -95,6 +97,8 @@ status: {podIPs: [{ip: 10.88.9.2}, {ip: 'fd00:88::2'}]}
             .all(|o| o.allowed),
         "{report:?}"
     );
+    let disagree = explain_disagreements(&lab, &report);
+    assert!(disagree.is_empty(), "{disagree:#?}");
 }
 
 #[test]
@@ -188,7 +192,7 @@ spec:
     let lab = Lab::build(resources, None).unwrap_or_else(|e| panic!("build: {e}"));
     let report = lab.probe(Timeouts::default());
     assert!(report.not_probed.is_empty(), "{report:?}");
-    let sctp = zt_agent::lab::Protocol::Sctp;
+    let sctp = Protocol::Sctp;
     let expect = [
         ("s/b", "s/a", 9, true),
         ("s/c", "s/a", 9, false),
@@ -206,6 +210,8 @@ spec:
         );
     }
     assert_eq!(report.results.len(), expect.len());
+    let disagree = explain_disagreements(&lab, &report);
+    assert!(disagree.is_empty(), "{disagree:#?}");
 }
 
 /// The zt-agent binary of this target dir (tests run from target/<profile>/deps).
@@ -434,5 +440,91 @@ fn demo_explain_refuses_what_it_cannot_parse_and_says_when_a_flow_is_allowed() {
     assert!(
         stdout.contains("Why was default/toolbox → shop/db TCP/5432 denied?"),
         "{stdout}"
+    );
+}
+
+/// `zt-agent explain` without `--manifests` asks the lab's running agent over its control socket:
+/// root only (mode 0600; a client of another uid is refused), and its verdicts — from the maps
+/// read back from the kernel — are the packets' on every probe, its attribution the compiler's.
+#[test]
+fn the_running_agent_explains_from_the_kernels_maps() {
+    require_root();
+    let policy = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-from-b-on-80, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: b}}}], ports: [{port: serve-80-tcp}]}]
+";
+    let lab = Lab::build(resources(&cluster_yaml(upstream_labels), policy), None)
+        .unwrap_or_else(|e| panic!("build: {e}"));
+    let report = lab.probe(Timeouts::default());
+    assert_eq!(report.results.len(), 288);
+    let socket = lab.control_socket();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&socket)
+            .expect("the socket exists")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{}", socket.display());
+    let online = zt_agent::explain::wire::ask(&socket, &Default::default())
+        .unwrap_or_else(|e| panic!("ask {}: {e}", socket.display()));
+    let disagree = disagreements(&online, &report);
+    assert!(disagree.is_empty(), "{disagree:#?}");
+    let one = online
+        .results
+        .iter()
+        .find(|r| r.from == "y/b" && r.to == "x/a" && r.port == 80 && r.protocol == Protocol::Tcp)
+        .expect("y/b → x/a TCP/80 explained");
+    assert!(one.allowed, "{one:?}");
+    assert_eq!(one.ingress.isolated_by, ["x/a-from-b-on-80"]);
+    assert_eq!(
+        one.ingress.allowed_by[0].named_port.as_deref(),
+        Some("serve-80-tcp")
+    );
+    let denied = online
+        .results
+        .iter()
+        .find(|r| r.from == "y/c" && r.to == "x/a" && r.port == 80 && r.protocol == Protocol::Tcp)
+        .expect("y/c → x/a TCP/80 explained");
+    assert_eq!(denied.ingress.reason, "drop_policy_ingress");
+
+    // The CLI, as root and as nobody.
+    let cli = |uid: u32| {
+        let mut cmd = std::process::Command::new(agent_binary());
+        cmd.args([
+            "explain",
+            "--from",
+            "y/b",
+            "--to",
+            "x/a",
+            "--port",
+            "80",
+            "--protocol",
+            "TCP",
+            "--socket",
+        ])
+        .arg(&socket);
+        std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+        cmd.output().expect("runs")
+    };
+    let root = cli(0);
+    let text = String::from_utf8_lossy(&root.stdout);
+    assert!(
+        root.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&root.stderr)
+    );
+    assert!(
+        text.contains("y/b → x/a TCP/80 (named serve-80-tcp): allowed"),
+        "{text}"
+    );
+    let nobody = cli(65534);
+    let stderr = String::from_utf8_lossy(&nobody.stderr);
+    assert!(!nobody.status.success(), "a non-root client was answered");
+    assert!(
+        stderr.contains(&socket.display().to_string()) && stderr.contains("ermission denied"),
+        "{stderr}"
     );
 }

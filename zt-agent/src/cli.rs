@@ -23,6 +23,10 @@ pub enum Command {
     /// A hermetic one-machine lab: pods in network namespaces, the real agent and datapath.
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Why is a flow allowed or denied: the verdict, the isolating policies and the admitting
+    /// rule, per direction, offline from manifests or from the running agent.
+    #[command(long_about = EXPLAIN_HELP)]
+    Explain(ExplainArgs),
     /// Take zt off this node: detach every program pair the pin root records, remove its pins.
     #[command(long_about = UNINSTALL_HELP)]
     Uninstall(UninstallArgs),
@@ -36,6 +40,46 @@ removed. Pinned programs keep enforcing when the agent is gone; this is how they
 Run it after the agent stopped (it refuses while an agent holds the pin root's lock), in the \
 agent's network namespace (the host's). Exit status 1 if anything could not be removed. In a \
 cluster: delete the zt DaemonSet, then apply deploy/zt-uninstall.yaml (docs/operations.md).";
+
+const EXPLAIN_HELP: &str = "Why is a flow allowed or denied?
+
+For each probe: the verdict a new flow gets, then the egress of the source and the ingress of \
+the destination: isolated or not and by which policies, and which rule (index within the policy) \
+admits it, or that none does. A filter left out means every value: every ordered pair of distinct \
+pods, every port/protocol the destination declares (as `lab probe` chooses them).
+
+With --manifests DIR (the lab's folder format): offline, no root, no kernel, no cluster. Without \
+it: asks the running agent over its root-only socket; the verdict then comes from the maps as the \
+kernel holds them. --json prints the contract shape of docs/explain.md.
+
+Examples:
+  zt-agent explain --manifests ./manifests --to shop/db --port 5432
+  zt-agent explain --manifests ./manifests --from default/toolbox --to 203.0.113.7 --port 443 --json";
+
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// Folder of `*.yaml` manifests to explain offline; without it, ask the running agent.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// Source: `NS/POD` or an IP address (default: every pod).
+    #[arg(long, value_name = "NS/POD|IP")]
+    pub from: Option<String>,
+    /// Destination: `NS/POD` or an IP address (default: every pod).
+    #[arg(long, value_name = "NS/POD|IP")]
+    pub to: Option<String>,
+    /// Destination port (default: every port the destination declares).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Protocol (default: every protocol the destination declares).
+    #[arg(long, value_name = "TCP|UDP|SCTP")]
+    pub protocol: Option<String>,
+    /// Print `{"results":[...]}` (docs/explain.md) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The running agent's control socket.
+    #[arg(long, default_value = crate::explain::CONTROL_SOCKET)]
+    pub socket: PathBuf,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct UninstallArgs {
@@ -109,6 +153,9 @@ pub struct RunArgs {
     /// back (`zt_map_drift_total`) and repair them.
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub verify_interval: u64,
+    /// The control socket `zt-agent explain` asks (mode 0600, root peers only).
+    #[arg(long, default_value = crate::explain::CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
 }
 
 impl RunArgs {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod compiler;
 pub mod datapath;
 pub mod error;
+pub mod explain;
 pub mod index;
 pub mod lab;
 pub mod manifests;

@@ -8,6 +8,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => Ok(zt_agent::runtime::run(args)?),
         Command::Lab(command) => Ok(zt_agent::lab::main(command)?),
+        Command::Explain(args) => Ok(zt_agent::explain::main(args)?),
         Command::Uninstall(args) => Ok(zt_agent::runtime::uninstall::run(args)?),
     }
 }

@@ -48,6 +48,7 @@ pub mod policy;
 pub mod ports;
 mod selections;
 pub mod selector;
+pub mod trace;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},

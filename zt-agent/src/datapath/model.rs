@@ -75,28 +75,11 @@ pub fn decide(state: &DatapathState, fail_closed: bool, packet: &Packet) -> Verd
     if peer == HOST {
         return verdict(reason::ALLOW_HOST);
     }
-    let port = match packet.protocol {
-        proto::TCP | proto::UDP | proto::SCTP => packet.port,
-        _ => 0,
-    };
     for slot_bit in 0..64u32 {
         if tuples & (1u64 << slot_bit) == 0 {
             continue;
         }
-        let any_peer = slot_bit >= tuple::ANY_PEER;
-        let slot = slot_bit % tuple::ANY_PEER;
-        let (port, protocol) = if slot == tuple::ANY_PROTOCOL {
-            (0, proto::ANY)
-        } else {
-            (tuple::mask_port(port, slot), packet.protocol)
-        };
-        let key = PolicyKey {
-            subject: endpoint.identity,
-            peer: if any_peer { ANY } else { peer },
-            port,
-            protocol,
-            tuple: tuple::key_byte(packet.direction, slot),
-        };
+        let key = lookup_key(endpoint.identity, peer, packet, slot_bit);
         if let Some(value) = state.policy.get(&key) {
             return Verdict {
                 reason: reason::ALLOW_POLICY,
@@ -108,6 +91,29 @@ pub fn decide(state: &DatapathState, fail_closed: bool, packet: &Packet) -> Verd
         return verdict(reason::ALLOW_AUDIT);
     }
     verdict(drop)
+}
+
+/// The key step 7 looks up for tuple slot bit `slot_bit` (0..64) of `subject`, towards `peer`
+/// (an identity): the peer or `ANY`, the port masked to the slot's prefix.
+pub fn lookup_key(subject: u32, peer: u32, packet: &Packet, slot_bit: u32) -> PolicyKey {
+    let port = match packet.protocol {
+        proto::TCP | proto::UDP | proto::SCTP => packet.port,
+        _ => 0,
+    };
+    let any_peer = slot_bit >= tuple::ANY_PEER;
+    let slot = slot_bit % tuple::ANY_PEER;
+    let (port, protocol) = if slot == tuple::ANY_PROTOCOL {
+        (0, proto::ANY)
+    } else {
+        (tuple::mask_port(port, slot), packet.protocol)
+    };
+    PolicyKey {
+        subject,
+        peer: if any_peer { ANY } else { peer },
+        port,
+        protocol,
+        tuple: tuple::key_byte(packet.direction, slot),
+    }
 }
 
 /// Longest-prefix match of `addr` in the identity tries, else `WORLD`.

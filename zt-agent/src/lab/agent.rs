@@ -81,6 +81,8 @@ impl Agent {
             .arg("--pin-root")
             .arg(pin_root)
             .args(["--listen", LISTEN])
+            .arg("--control-socket")
+            .arg(control_socket(&log))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -91,6 +93,11 @@ impl Agent {
         let child = state::with_signals_unblocked(signals, || cmd.spawn())
             .map_err(|e| Error::Other(format!("cannot start nsenter {}: {e}", binary.display())))?;
         Ok(Self { child, log })
+    }
+
+    /// The agent's control socket (next to its log, in the lab's workdir).
+    pub fn control_socket(&self) -> PathBuf {
+        control_socket(&self.log)
     }
 
     pub fn pid(&self) -> u32 {
@@ -160,4 +167,8 @@ pub fn get(node: &Netns, path: &str) -> Option<(u16, String)> {
     })
     .ok()
     .flatten()
+}
+
+fn control_socket(log: &Path) -> PathBuf {
+    log.with_file_name("control.sock")
 }

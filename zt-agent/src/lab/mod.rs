@@ -262,6 +262,17 @@ impl Lab {
         agent::get(&self.node.netns, path)
     }
 
+    /// The folder of manifests the agent follows (one `lab.yaml`, addresses filled in): what
+    /// `zt-agent explain --manifests` reads to answer without packets.
+    pub fn manifests(&self) -> &Path {
+        &self.manifests
+    }
+
+    /// The agent's control socket (`zt-agent explain` without `--manifests` asks it).
+    pub fn control_socket(&self) -> PathBuf {
+        self.agent.control_socket()
+    }
+
     /// The agent's log file.
     pub fn agent_log(&self) -> &Path {
         &self.agent.log

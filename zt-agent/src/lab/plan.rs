@@ -18,7 +18,9 @@ use crate::{error::Error, resource::Resource};
 /// Where pods without `status.podIP` get their address: 10.88.0.0/16 (hosts .1 to .254 of each /24).
 pub const AUTO_V4: (u8, u8) = (10, 88);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     Tcp,

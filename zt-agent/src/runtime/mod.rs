@@ -19,6 +19,7 @@
 
 pub mod attach;
 pub mod bpffs;
+pub mod control;
 pub mod drift;
 pub mod events;
 pub mod expiry;
@@ -203,6 +204,15 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
         .map_err(|e| Error::Other(format!("listening on {}: {e}", args.listen)))?;
     tracing::info!(listen = %args.listen, "serving /healthz /readyz /metrics");
     tokio::spawn(serve::serve(listener, Arc::new(registry), health.clone()));
+    let (ask, asked) = mpsc::channel::<control::Asked>(16);
+    match control::bind(&args.control_socket).await {
+        Ok(socket) => {
+            tokio::spawn(control::serve(socket, args.control_socket.clone(), ask));
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no control socket: `zt-agent explain` cannot ask this agent")
+        }
+    }
 
     // What the maps say about each endpoint's interface is where discovery starts: a restarted
     // agent finds its pods' interfaces without asking for a single route.
@@ -236,7 +246,7 @@ async fn agent(args: RunArgs, source: Source) -> Result<()> {
         clock: expiry::Clock::default(),
         unwritten: BTreeMap::new(),
     };
-    control.run(rx).await;
+    control.run(rx, asked).await;
     drop(lock);
     tracing::info!("stopped; programs, links and maps stay in place and keep enforcing");
     Ok(())
@@ -308,7 +318,11 @@ struct Control {
 }
 
 impl Control {
-    async fn run(&mut self, mut rx: mpsc::Receiver<SourceEvent>) {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<SourceEvent>,
+        mut asked: mpsc::Receiver<control::Asked>,
+    ) {
         let (Ok(mut term), Ok(mut int)) = (
             tokio::signal::unix::signal(SignalKind::terminate()),
             tokio::signal::unix::signal(SignalKind::interrupt()),
@@ -337,6 +351,10 @@ impl Control {
                     }
                 },
                 _ = tick.tick() => {}
+                Some((request, reply)) = asked.recv() => {
+                    let _ = reply.send(self.answer(request));
+                    continue;
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
@@ -346,6 +364,30 @@ impl Control {
                 self.metrics.source_changes.inc();
                 changed = false;
             }
+        }
+    }
+
+    /// A control socket request, answered from the index, the compiler and the maps as the
+    /// kernel holds them now.
+    fn answer(&self, request: crate::explain::wire::Request) -> crate::explain::wire::Reply {
+        use crate::explain::wire::{Reply, Request};
+        let Request::Explain(filters) = request;
+        let explained = (|| {
+            let query = filters.query()?;
+            let kernel = maps::read_state(&self.loaded.ebpf)?;
+            let pods = crate::explain::pods_of(&self.index, &query);
+            crate::explain::Model {
+                compiler: &self.compiler,
+                state: &kernel,
+                fail_closed: self.config.flags & zt_common::config::flags::FAIL_CLOSED != 0,
+                index: &self.index,
+                pods: &pods,
+            }
+            .explain(&query)
+        })();
+        match explained {
+            Ok(explanation) => Reply::Ok(explanation),
+            Err(error) => Reply::Error(error.to_string()),
         }
     }
 
